@@ -1,0 +1,68 @@
+"""relay: reinforcement-learning environments and agents across processes,
+machines and languages, through the standard Gymnasium and dm_env APIs.
+
+    server = relay.serve("CartPole-v1", "zmq+tcp://127.0.0.1:5555")
+    env = relay.make("zmq+tcp://127.0.0.1:5555")      # a gymnasium.Env
+
+Importing relay loads no plugin and opens nothing; it registers the
+Gymnasium id ``relay/Remote-v0``.
+"""
+
+from relay.adapters.gymnasium import RemoteEnv, make, register_envs
+from relay.core.config import Settings
+from relay.core.errors import (
+    CodecError,
+    ConfigError,
+    ConnectError,
+    ConnectionLost,
+    InvalidAction,
+    InvalidURL,
+    MessageTooLarge,
+    MissingDependency,
+    NotReset,
+    PluginError,
+    ProtocolError,
+    RelayError,
+    RemoteEnvError,
+    RemoteError,
+    Timeout,
+    TransportError,
+    UnknownCodec,
+    UnknownScheme,
+)
+from relay.core.plugins import hookimpl
+from relay.core.url import URL, make_url
+from relay.server import Server, serve
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "URL",
+    "CodecError",
+    "ConfigError",
+    "ConnectError",
+    "ConnectionLost",
+    "InvalidAction",
+    "InvalidURL",
+    "MessageTooLarge",
+    "MissingDependency",
+    "NotReset",
+    "PluginError",
+    "ProtocolError",
+    "RelayError",
+    "RemoteEnv",
+    "RemoteEnvError",
+    "RemoteError",
+    "Server",
+    "Settings",
+    "Timeout",
+    "TransportError",
+    "UnknownCodec",
+    "UnknownScheme",
+    "hookimpl",
+    "make",
+    "make_url",
+    "serve",
+]
+
+register_envs()

@@ -1,0 +1,16 @@
+"""relay's own transports and codecs, registered through the public plugin hooks."""
+
+from relay.core.plugins import Register, hookimpl
+
+
+@hookimpl
+def relay_register_transports(register: Register) -> None:
+    register("memory", "relay.transports.memory:MemoryTransport")
+    register("zmq+tcp", "relay.transports.zmq:ZmqTransport", extra="pyzmq")
+    register("zmq+ipc", "relay.transports.zmq:ZmqTransport", extra="pyzmq")
+
+
+@hookimpl
+def relay_register_codecs(register: Register) -> None:
+    register("msgpack", "relay.codecs.msgpack:MsgpackCodec", extra="msgpack")
+    register("json", "relay.codecs.json:JsonCodec")

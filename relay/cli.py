@@ -1,0 +1,134 @@
+"""The ``relay`` command: serve, run, demo, plugins, bench."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import click
+
+from relay.core.errors import RelayError
+
+
+def _fail(exc: RelayError) -> None:
+    raise click.ClickException(f"{type(exc).__name__}: {exc}")
+
+
+@click.group()
+@click.version_option(package_name="relay-rl")
+def main() -> None:
+    """relay: Gymnasium and dm_env environments across processes, machines and languages."""
+
+
+@main.command()
+@click.argument("env_id", required=False)
+@click.option("--url", default="zmq+tcp://127.0.0.1:5555", show_default=True,
+              help="Where to listen (port 0 picks a free port; the real URL is printed).")
+@click.option("--codec", default=None, help="Codec or peer wire format (msgpack, json, ...).")
+@click.option("--token", default=None, envvar="RELAY_TOKEN", help="Shared secret clients must send.")
+def serve(env_id: str | None, url: str, codec: str | None, token: str | None) -> None:
+    """Serve ENV_ID (any registered Gymnasium id if omitted) until interrupted."""
+    import relay
+
+    try:
+        server = relay.serve(env_id, url, codec=codec, token=token)
+    except RelayError as exc:
+        _fail(exc)
+    click.echo(f"relay: serving {env_id or 'any env'} on {server.address}", err=True)
+    sys.stderr.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+def _run(url: str, env_id: str | None, episodes: int, seed: int | None,
+         codec: str | None, env_kwargs: dict[str, Any]) -> None:
+    from tqdm import tqdm
+
+    import relay
+
+    try:
+        env = relay.make(url, env_id, codec=codec, **env_kwargs)
+    except RelayError as exc:
+        _fail(exc)
+    steps = 0
+    start = time.perf_counter()
+    try:
+        env.action_space.seed(seed)
+        with tqdm(total=episodes, unit="episode", file=sys.stderr) as bar:
+            for episode in range(episodes):
+                obs, info = env.reset(seed=None if seed is None else seed + episode)
+                episode_return, done = 0.0, False
+                while not done:
+                    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+                    episode_return += float(reward)
+                    steps += 1
+                    done = terminated or truncated
+                bar.update()
+                bar.write(f"episode {episode + 1}: return {episode_return:g}")
+    except RelayError as exc:
+        _fail(exc)
+    finally:
+        env.close()
+    elapsed = time.perf_counter() - start
+    click.echo(f"{steps} steps in {elapsed:.2f} s: {steps / elapsed:,.0f} steps/s "
+               f"({1e6 * elapsed / max(steps, 1):.0f} µs per step incl. reset) over {url}")
+
+
+@main.command()
+@click.argument("url")
+@click.option("--env", "env_id", default=None, help="Env id to create on the server.")
+@click.option("--episodes", default=3, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--codec", default=None)
+def run(url: str, env_id: str | None, episodes: int, seed: int, codec: str | None) -> None:
+    """Drive the env at URL with a random agent; print returns and steps/s."""
+    _run(url, env_id, episodes, seed, codec, {})
+
+
+@main.command()
+@click.option("--env", "env_id", default="CartPole-v1", show_default=True)
+@click.option("--url", default=None, help="Default: zmq+ipc in a temporary directory.")
+@click.option("--episodes", default=5, show_default=True, type=int)
+def demo(env_id: str, url: str | None, episodes: int) -> None:
+    """Serve ENV in a background process and drive it from this one."""
+    with tempfile.TemporaryDirectory(prefix="relay-demo-") as tmp:
+        url = url or f"zmq+ipc://{tmp}/relay.sock"
+        server = subprocess.Popen(
+            [sys.executable, "-m", "relay", "serve", env_id, "--url", url],
+            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            assert server.stderr is not None
+            line = server.stderr.readline()
+            if "serving" not in line:
+                raise click.ClickException(f"server did not start: {line}{server.stderr.read()}")
+            address = line.rsplit(" on ", 1)[1].strip()
+            click.echo(f"server process {server.pid}: {line.strip()}")
+            _run(address, None, episodes, 0, None, {})
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
+@main.command()
+def plugins() -> None:
+    """List transport schemes and codecs, and which distribution provides each."""
+    from relay.core import plugins as registry
+
+    click.echo("transports:")
+    for name, entry in sorted(registry.transports().items()):
+        click.echo(f"  {name + '://':<14} {entry.target:<48} {entry.provider}")
+    click.echo("codecs:")
+    for name, entry in sorted(registry.codecs().items()):
+        click.echo(f"  {name:<14} {entry.target:<48} {entry.provider}")
+    errors = registry.plugin_errors()
+    if errors:
+        click.echo("plugins that failed to load:")
+        for name, error in sorted(errors.items()):
+            click.echo(f"  {name}: {error}")

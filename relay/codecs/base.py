@@ -1,0 +1,122 @@
+"""What every codec is, and the array rules all of relay's codecs share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import fields
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from relay.core.errors import CodecError
+from relay.core.messages import MESSAGE_TYPES, Envelope
+
+__all__ = [
+    "ALLOWED_DTYPE_KINDS",
+    "Buffer",
+    "Codec",
+    "array_from_buffer",
+    "check_dtype",
+    "envelope_from_parts",
+    "envelope_to_parts",
+]
+
+Buffer = bytes | bytearray | memoryview
+"""A frame: any object with the buffer protocol, sent without a copy where possible."""
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """A codec is a name, a content type and two functions.
+
+    ``encode`` returns frames that may view the arrays inside the message (no
+    copy), so the caller must send them before mutating those arrays.
+    ``decode`` raises :class:`~relay.core.errors.CodecError` for anything
+    malformed and never executes code from the wire (no pickle).
+    """
+
+    name: str
+    content_type: str
+
+    def encode(self, envelope: Envelope) -> list[Buffer]: ...
+
+    def decode(self, frames: Sequence[Buffer], *, zero_copy: bool = False) -> Envelope: ...
+
+
+ALLOWED_DTYPE_KINDS = frozenset("biufcUS")
+"""numpy dtype kinds that may travel: bool, ints, floats, complex, fixed strings.
+Object (``O``), void/structured (``V``), datetime (``M``/``m``) are refused."""
+
+
+def check_dtype(text: str) -> np.dtype[Any]:
+    """The numpy dtype named ``text`` (e.g. ``"<f4"``) if it is allowed on the wire.
+
+    Raises:
+        CodecError: unknown dtype, or a kind outside :data:`ALLOWED_DTYPE_KINDS`.
+    """
+    try:
+        dtype = np.dtype(text)
+    except (TypeError, ValueError) as exc:
+        raise CodecError(f"unknown dtype {text!r}") from exc
+    if dtype.kind not in ALLOWED_DTYPE_KINDS or dtype.fields is not None or dtype.subdtype:
+        raise CodecError(f"dtype {text!r} is not allowed on the wire (kind {dtype.kind!r})")
+    return dtype
+
+
+def array_from_buffer(
+    dtype_text: str, shape: Sequence[int], buffer: Buffer, *, zero_copy: bool = False
+) -> np.ndarray:
+    """An array of ``dtype``/``shape`` over ``buffer``, checked before any allocation.
+
+    The byte length must equal ``prod(shape) * itemsize`` exactly.  The array
+    views ``buffer`` when it is writable (or ``zero_copy`` is asked), otherwise
+    it is a writable copy.
+
+    Raises:
+        CodecError: bad dtype, negative or non-integer shape, or a length mismatch.
+    """
+    dtype = check_dtype(dtype_text)
+    if not isinstance(shape, (list, tuple)) or not all(
+        type(d) is int and d >= 0 for d in shape
+    ):
+        raise CodecError(f"array shape {shape!r} is not a list of non-negative ints")
+    count = 1
+    for d in shape:
+        count *= d
+    view = memoryview(buffer)
+    if view.nbytes != count * dtype.itemsize:
+        raise CodecError(
+            f"array of shape {tuple(shape)} and dtype {dtype.str} needs "
+            f"{count * dtype.itemsize} bytes, frame has {view.nbytes}"
+        )
+    array = np.frombuffer(view.cast("B") if view.ndim != 1 or view.format != "B" else view,
+                          dtype=dtype, count=count).reshape(shape)
+    if not array.flags.writeable and not zero_copy:
+        array = array.copy()
+    return array
+
+
+def envelope_to_parts(envelope: Envelope) -> tuple[int, str, dict[str, Any]]:
+    """``(id, tag, fields)`` of an envelope, ready for a codec to serialize."""
+    message = envelope.message
+    body = {f.name: getattr(message, f.name) for f in fields(message)}
+    return envelope.id, message.tag, body
+
+
+def envelope_from_parts(request_id: Any, tag: Any, body: Any) -> Envelope:
+    """Rebuild an envelope from ``(id, tag, fields)`` decoded off the wire.
+
+    Raises:
+        CodecError: unknown tag, bad id, missing or unexpected fields.
+    """
+    if type(request_id) is not int or request_id < 0:
+        raise CodecError(f"request id must be a non-negative int, got {request_id!r}")
+    cls = MESSAGE_TYPES.get(tag) if isinstance(tag, str) else None
+    if cls is None:
+        raise CodecError(f"unknown message tag {tag!r}")
+    if not isinstance(body, dict) or not all(isinstance(k, str) for k in body):
+        raise CodecError(f"body of {tag!r} must be a map with string keys")
+    try:
+        return Envelope(request_id, cls(**body))
+    except TypeError as exc:
+        raise CodecError(f"bad fields for {tag!r}: {exc}") from exc

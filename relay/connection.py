@@ -1,0 +1,200 @@
+"""Sync drivers that run a session over a channel: one per side.
+
+:class:`ClientConnection` turns ``call(request)`` into frames on a channel and
+waits for the matching answer within the request's deadline.
+:func:`serve_channel` answers one client's requests until it goes away.
+
+The handshake (``Hello``/``Welcome``) is always JSON, whatever codec is then
+negotiated, so a peer in any language can start a conversation.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from relay.codecs.base import Codec
+from relay.codecs.json import JsonCodec
+from relay.core.config import Settings
+from relay.core.errors import (
+    REMOTE_ERRORS,
+    CodecError,
+    ConnectionLost,
+    ProtocolError,
+    RemoteError,
+    Timeout,
+)
+from relay.core.messages import Envelope, Error, Request, Response
+from relay.core.plugins import codecs as registered_codecs
+from relay.core.plugins import get_codec, get_transport
+from relay.core.session import ClientSession, ServerSession, State
+from relay.core.url import URL
+from relay.transports.base import Channel
+
+__all__ = ["HANDSHAKE_CODEC", "ClientConnection", "remote_error", "serve_channel"]
+
+HANDSHAKE_CODEC = JsonCodec()
+IDLE_POLL = 0.25
+"""Seconds between checks of the stop flag while a server channel is idle."""
+
+
+def remote_error(message: Error) -> RemoteError:
+    """The exception to raise for an ``Error`` answer (the one place they are unpacked)."""
+    cls = REMOTE_ERRORS.get(message.code, RemoteError)
+    return cls(message.message, remote_type=message.remote_type,
+               remote_traceback=message.traceback)
+
+
+class ClientConnection:
+    """A handshaken connection to a relay server.
+
+    Use :meth:`open`; then :meth:`call` for each request.  After
+    ``ConnectionLost`` every call raises ``ConnectionLost`` at once.
+    """
+
+    def __init__(self, channel: Channel, codec: Codec, session: ClientSession,
+                 settings: Settings) -> None:
+        self.channel = channel
+        self.codec = codec
+        self.session = session
+        self.settings = settings
+
+    @classmethod
+    def open(cls, url: URL, settings: Settings, *, role: str = "agent") -> ClientConnection:
+        """Connect to ``url`` and run the handshake within ``settings.connect_timeout``.
+
+        Raises:
+            UnknownScheme, UnknownCodec, ConnectError, Timeout, RemoteProtocolError.
+        """
+        transport = get_transport(url.scheme)
+        codec = get_codec(settings.codec)
+        deadline = time.monotonic() + settings.connect_timeout
+        channel = transport.connect(url, settings, timeout=settings.connect_timeout)
+        session = ClientSession((codec.name,), token=settings.token, role=role)
+        try:
+            channel.send(HANDSHAKE_CODEC.encode(session.hello()))
+            remaining = max(deadline - time.monotonic(), 0.001)
+            try:
+                frames = channel.recv(remaining)
+            except Timeout:
+                raise Timeout(
+                    f"no handshake answer from {url.render()} within "
+                    f"{settings.connect_timeout} s"
+                ) from None
+            session.welcome(HANDSHAKE_CODEC.decode(frames))
+        except BaseException:
+            channel.close()
+            raise
+        return cls(channel, codec, session, settings)
+
+    def call(self, request: Request, timeout: float | None = None) -> Response:
+        """Send ``request`` and return its answer.
+
+        Args:
+            timeout: seconds to wait for the answer; ``settings.timeout`` if None.
+
+        Raises:
+            Timeout: no answer in time (the connection stays usable; a late
+                answer is dropped).
+            ConnectionLost: the peer is gone.
+            RemoteError: the server answered with an error (a subclass by code).
+        """
+        timeout = self.settings.timeout if timeout is None else timeout
+        now = time.monotonic()
+        envelope = self.session.request(request, now=now, timeout=timeout)
+        deadline = now + timeout
+        try:
+            self.channel.send(self.codec.encode(envelope))
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Timeout("")
+                frames = self.channel.recv(remaining)
+                decoded = self.codec.decode(frames, zero_copy=self.settings.zero_copy)
+                answer = self.session.receive(decoded, now=time.monotonic())
+                if answer is not None:
+                    break
+        except Timeout:
+            self.session.cancel(envelope.id)
+            raise Timeout(
+                f"{type(request).__name__} got no answer within {timeout} s"
+            ) from None
+        except (ConnectionLost, CodecError, ProtocolError):
+            self.session.lost()
+            raise
+        message = answer[1]
+        if isinstance(message, Error):
+            raise remote_error(message)
+        return message
+
+    @property
+    def closed(self) -> bool:
+        return self.session.state is State.CLOSED
+
+    def close(self) -> None:
+        """Close the channel; idempotent."""
+        self.session.lost()
+        self.channel.close()
+
+
+Handler = Callable[[Request], Response]
+
+
+def serve_channel(
+    channel: Channel,
+    handler: Handler,
+    settings: Settings,
+    *,
+    stop: threading.Event,
+    on_close: Callable[[], None] | None = None,
+) -> None:
+    """Answer one client's requests with ``handler`` until it leaves or ``stop`` is set.
+
+    ``handler`` never raises for a bad request: it returns an ``Error``.  A
+    client that breaks the protocol or sends undecodable frames gets an
+    ``Error`` (when possible) and is hung up on; nothing escapes to the caller.
+    """
+    session = ServerSession(
+        [name for name in registered_codecs()], token=settings.token, server="relay"
+    )
+    try:
+        frames = channel.recv(settings.connect_timeout)
+        try:
+            welcome = session.hello(HANDSHAKE_CODEC.decode(frames))
+        except CodecError as exc:
+            channel.send(HANDSHAKE_CODEC.encode(
+                Envelope(0, Error(code="protocol", message=f"bad Hello: {exc}"))))
+            return
+        channel.send(HANDSHAKE_CODEC.encode(welcome))
+        if session.state is not State.READY:
+            return
+        codec = get_codec(session.codec or "msgpack")
+        while not stop.is_set():
+            try:
+                frames = channel.recv(IDLE_POLL)
+            except Timeout:
+                continue
+            try:
+                envelope = codec.decode(frames)
+                request = session.request(envelope)
+            except (CodecError, ProtocolError) as exc:
+                channel.send(codec.encode(
+                    Envelope(0, Error(code="protocol", message=str(exc),
+                                      remote_type=type(exc).__name__))))
+                return
+            try:
+                reply = codec.encode(session.answer(envelope.id, handler(request)))
+            except CodecError as exc:  # the env produced something that cannot travel
+                reply = codec.encode(session.answer(envelope.id, Error(
+                    code="env", message=f"cannot send the answer: {exc}",
+                    remote_type=type(exc).__name__)))
+            channel.send(reply)
+    except (ConnectionLost, Timeout, CodecError):
+        return
+    finally:
+        try:
+            if on_close is not None:
+                on_close()
+        finally:
+            channel.close()

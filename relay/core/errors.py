@@ -1,0 +1,213 @@
+"""The one exception tree of relay.
+
+Every error relay raises is a :class:`RelayError`; native exceptions of the
+libraries underneath (``zmq.ZMQError``, ``grpc.RpcError``, ``OSError``) are
+translated once, at the transport boundary, and kept as ``__cause__``::
+
+    RelayError
+    ├── ConfigError                  a setting, URL or name is wrong
+    │   ├── InvalidURL               the URL cannot be parsed (reason given)
+    │   ├── UnknownScheme            no transport for the scheme ("did you mean")
+    │   ├── UnknownCodec             no codec of that name ("did you mean")
+    │   └── MissingDependency        an optional package is not installed
+    ├── PluginError                  a plugin failed to load or registered twice
+    ├── TransportError               moving frames failed
+    │   ├── ConnectError             nobody listening / refused (also ConnectionError)
+    │   ├── ConnectionLost           the peer went away (also ConnectionError)
+    │   ├── Timeout                  a deadline passed (also TimeoutError)
+    │   └── MessageTooLarge          a message is over ``max_message_size``
+    ├── CodecError                   frames cannot be encoded or decoded
+    ├── ProtocolError                a message arrived that relay/1 does not allow
+    │   ├── LocalProtocolError       this side tried an illegal move
+    │   └── RemoteProtocolError      the peer made an illegal move
+    └── RemoteError                  the peer answered with an ``Error`` message
+        ├── RemoteEnvError           the environment itself raised
+        ├── InvalidAction            the action is not in the action space
+        └── NotReset                 step before reset / after the episode ended
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "CodecError",
+    "ConfigError",
+    "ConnectError",
+    "ConnectionLost",
+    "InvalidAction",
+    "InvalidURL",
+    "LocalProtocolError",
+    "MessageTooLarge",
+    "MissingDependency",
+    "NotReset",
+    "PluginError",
+    "ProtocolError",
+    "RelayError",
+    "RemoteEnvError",
+    "RemoteError",
+    "RemoteProtocolError",
+    "Timeout",
+    "TransportError",
+    "UnknownCodec",
+    "UnknownScheme",
+    "did_you_mean",
+]
+
+
+class RelayError(Exception):
+    """Base of every error relay raises."""
+
+
+class ConfigError(RelayError, ValueError):
+    """A setting, URL or name given by the user is wrong."""
+
+
+class InvalidURL(ConfigError):
+    """A URL that cannot be parsed; the message says which part and why."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"invalid relay URL {url!r}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str | None:
+    """The closest of ``known`` to ``name``, or None if nothing is close."""
+    matches = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return matches[0] if matches else None
+
+
+class _UnknownName(ConfigError):
+    kind = "name"
+
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        self.name = name
+        self.known = sorted(known)
+        self.did_you_mean = did_you_mean(name, self.known)
+        hint = f"; did you mean {self.did_you_mean!r}?" if self.did_you_mean else ""
+        super().__init__(
+            f"unknown {self.kind} {name!r}{hint} (known: {', '.join(self.known) or 'none'})"
+        )
+
+
+class UnknownScheme(_UnknownName):
+    """No transport is registered for a URL scheme."""
+
+    kind = "scheme"
+
+
+class UnknownCodec(_UnknownName):
+    """No codec is registered under a name."""
+
+    kind = "codec"
+
+
+class MissingDependency(ConfigError, ImportError):
+    """An optional package needed for a scheme or codec is not installed."""
+
+    def __init__(self, what: str, package: str, cause: str = "") -> None:
+        detail = f" ({cause})" if cause else ""
+        super().__init__(f"{what} needs the package {package!r}: pip install {package}{detail}")
+        self.package = package
+
+
+class PluginError(RelayError):
+    """A plugin failed to load, or tried to take a name that is already taken."""
+
+
+class TransportError(RelayError):
+    """Moving frames between the two ends failed."""
+
+
+class ConnectError(TransportError, ConnectionError):
+    """No peer could be reached at the address within the connect timeout."""
+
+
+class ConnectionLost(TransportError, ConnectionError):
+    """The peer closed the connection or died; the channel is unusable now."""
+
+
+class Timeout(TransportError, TimeoutError):
+    """A deadline passed before the peer answered."""
+
+
+class MessageTooLarge(TransportError):
+    """A message is larger than the ``max_message_size`` setting (bytes)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"message of {size} bytes is over max_message_size={limit} bytes "
+            "(raise it with ?max_message_size=... or RELAY_MAX_MESSAGE_SIZE)"
+        )
+        self.size = size
+        self.limit = limit
+
+
+class CodecError(RelayError):
+    """Frames could not be encoded or decoded (malformed, wrong dtype, wrong size)."""
+
+
+class ProtocolError(RelayError):
+    """A message arrived, or was sent, that protocol relay/1 does not allow now."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side tried an illegal move (e.g. a request before the handshake)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer made an illegal move (e.g. an answer to no request)."""
+
+
+class RemoteError(RelayError):
+    """The peer answered a request with an ``Error`` message.
+
+    Attributes:
+        code: the relay/1 error code (``"env"``, ``"invalid_action"``, ...).
+        remote_type: qualified name of the exception type on the peer.
+        remote_message: its message.
+        remote_traceback: the formatted traceback on the peer, or "".
+    """
+
+    code = "remote"
+
+    def __init__(
+        self, remote_message: str, *, remote_type: str = "", remote_traceback: str = ""
+    ) -> None:
+        prefix = f"{remote_type}: " if remote_type else ""
+        super().__init__(f"{prefix}{remote_message}")
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.remote_traceback:
+            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
+        return text
+
+
+class RemoteEnvError(RemoteError):
+    """The environment raised inside the server; the server keeps serving."""
+
+    code = "env"
+
+
+class InvalidAction(RemoteError, ValueError):
+    """The action sent is not in the environment's action space."""
+
+    code = "invalid_action"
+
+
+class NotReset(RemoteError):
+    """``step`` was called before ``reset`` (or on an unknown instance)."""
+
+    code = "not_reset"
+
+
+REMOTE_ERRORS: dict[str, type[RemoteError]] = {
+    cls.code: cls for cls in (RemoteError, RemoteEnvError, InvalidAction, NotReset)
+}
+"""relay/1 ``Error.code`` -> exception class raised on the client."""

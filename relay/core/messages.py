@@ -1,0 +1,189 @@
+"""The typed messages of protocol ``relay/1``.
+
+Every message is a frozen, slotted, keyword-only dataclass with a stable wire
+``tag``; together they form the closed union :data:`Message`.  A message
+travels inside an :class:`Envelope` that carries the request id: a request and
+its one answer share the id, so a late answer is never taken for the next
+request's.  The handshake (``Hello``/``Welcome``) uses id 0.
+
+Values inside messages (observations, actions, infos) are *value trees*:
+``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes``, ``list``,
+``tuple``, ``dict``, ``numpy.ndarray`` and numpy scalars, nested.  Codecs
+round-trip each of these with its exact Python type, dtype and shape.
+Spaces travel as the plain descriptions of :mod:`relay.core.spaces`.
+
+The wire layout per codec is in ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+__all__ = [
+    "PROTOCOL",
+    "Close",
+    "Closed",
+    "Envelope",
+    "Error",
+    "Frame",
+    "Hello",
+    "Made",
+    "Make",
+    "Message",
+    "Observation",
+    "Render",
+    "Request",
+    "Reset",
+    "Response",
+    "Step",
+    "Transition",
+    "Welcome",
+    "MESSAGE_TYPES",
+]
+
+PROTOCOL = "relay/1"
+"""Protocol name and major version spoken by this package."""
+
+_message = dataclass(frozen=True, slots=True, kw_only=True)
+
+
+@_message
+class Hello:
+    """Client → server, first message: protocol, codecs in preference order, role."""
+
+    tag: ClassVar[str] = "hello"
+    protocol: str = PROTOCOL
+    codecs: tuple[str, ...] = ("msgpack",)
+    role: str = "agent"
+    token: str | None = None
+
+
+@_message
+class Welcome:
+    """Server → client: the codec chosen for the rest of the connection."""
+
+    tag: ClassVar[str] = "welcome"
+    protocol: str = PROTOCOL
+    codec: str = "msgpack"
+    server: str = ""
+    capabilities: tuple[str, ...] = ()
+
+
+@_message
+class Make:
+    """Create an environment instance (``env_id`` may be None when the server serves one)."""
+
+    tag: ClassVar[str] = "make"
+    env_id: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@_message
+class Made:
+    """Answer to ``Make``: the instance id and what the client needs to mirror the env.
+
+    ``spec`` is the Gymnasium ``EnvSpec.to_json()`` string, or None.
+    """
+
+    tag: ClassVar[str] = "made"
+    instance: int
+    observation_space: Any
+    action_space: Any
+    metadata: dict[str, Any] = field(default_factory=dict)
+    render_mode: str | None = None
+    spec: str | None = None
+
+
+@_message
+class Reset:
+    tag: ClassVar[str] = "reset"
+    instance: int
+    seed: int | None = None
+    options: dict[str, Any] | None = None
+
+
+@_message
+class Observation:
+    """Answer to ``Reset``: ``(obs, info)``."""
+
+    tag: ClassVar[str] = "observation"
+    obs: Any
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@_message
+class Step:
+    tag: ClassVar[str] = "step"
+    instance: int
+    action: Any
+
+
+@_message
+class Transition:
+    """Answer to ``Step``: Gymnasium's 5-tuple."""
+
+    tag: ClassVar[str] = "transition"
+    obs: Any
+    reward: float
+    terminated: bool
+    truncated: bool
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@_message
+class Render:
+    tag: ClassVar[str] = "render"
+    instance: int
+
+
+@_message
+class Frame:
+    """Answer to ``Render``: an ``(H, W, 3)`` uint8 array, a string (ansi), a list of them, or None."""
+
+    tag: ClassVar[str] = "frame"
+    frame: Any
+
+
+@_message
+class Close:
+    tag: ClassVar[str] = "close"
+    instance: int
+
+
+@_message
+class Closed:
+    tag: ClassVar[str] = "closed"
+
+
+@_message
+class Error:
+    """Answer to any request that failed; ``code`` picks the client's exception class."""
+
+    tag: ClassVar[str] = "error"
+    code: str
+    message: str
+    remote_type: str = ""
+    traceback: str = ""
+
+
+Request = Make | Reset | Step | Render | Close
+Response = Made | Observation | Transition | Frame | Closed | Error
+Message = Hello | Welcome | Request | Response
+
+MESSAGE_TYPES: dict[str, type[Any]] = {
+    cls.tag: cls
+    for cls in (
+        Hello, Welcome, Make, Made, Reset, Observation, Step, Transition,
+        Render, Frame, Close, Closed, Error,
+    )
+}
+"""Wire tag -> message class."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A message with its request id (0 for the handshake)."""
+
+    id: int
+    message: Message

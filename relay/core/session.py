@@ -1,0 +1,241 @@
+"""The sans-I/O protocol state machine of relay/1, for both ends.
+
+A session is fed decoded :class:`~relay.core.messages.Envelope` objects and
+returns envelopes to send or answers to hand up; it owns no socket, starts no
+thread and reads no clock (``now`` is passed in, in seconds of any monotonic
+clock).  The sync driver around it is :mod:`relay.connection`.
+
+Legal moves (the one statement of them is :data:`CLIENT_TRANSITIONS`)::
+
+    client:  IDLE --hello()--> HANDSHAKING --welcome(Welcome)--> READY
+             READY --request()/receive()--> READY
+             any --close() or lost()--> CLOSED
+    server:  HANDSHAKING --receive(Hello)--> READY --receive(request)--> READY
+
+Each request gets a fresh id; its answer must carry the same id and be of the
+type that answers it (``Made`` for ``Make``...) or ``Error``.  An answer whose
+request has expired (its deadline passed) is dropped, never taken for the
+answer of a later request.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections.abc import Collection
+from typing import assert_never
+
+from relay.core.errors import (
+    ConnectionLost,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from relay.core.messages import (
+    PROTOCOL,
+    Close,
+    Closed,
+    Envelope,
+    Error,
+    Frame,
+    Hello,
+    Made,
+    Make,
+    Observation,
+    Render,
+    Request,
+    Reset,
+    Response,
+    Step,
+    Transition,
+    Welcome,
+)
+
+__all__ = ["ANSWERS", "CLIENT_TRANSITIONS", "ClientSession", "ServerSession", "State"]
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    HANDSHAKING = "handshaking"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+CLIENT_TRANSITIONS: dict[tuple[State, str], State] = {
+    (State.IDLE, "hello"): State.HANDSHAKING,
+    (State.HANDSHAKING, "welcome"): State.READY,
+    (State.READY, "request"): State.READY,
+    (State.READY, "receive"): State.READY,
+}
+"""(state, move) -> next state for a client; any other move is illegal."""
+
+ANSWERS: dict[type, type] = {Make: Made, Reset: Observation, Step: Transition,
+                             Render: Frame, Close: Closed}
+"""Request type -> the response type that answers it (besides ``Error``)."""
+
+
+def _major(protocol: str) -> str:
+    return protocol.split(".", 1)[0]
+
+
+class ClientSession:
+    """The agent's side: handshake, request ids, deadlines, answer matching."""
+
+    def __init__(self, codecs: Collection[str] = ("msgpack",), *, token: str | None = None,
+                 role: str = "agent") -> None:
+        self.state = State.IDLE
+        self.codecs = tuple(codecs)
+        self.codec: str | None = None
+        self.server: str = ""
+        self._token = token
+        self._role = role
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[type, float]] = {}
+        self.dropped = 0  # late or unknown answers dropped
+
+    def _move(self, move: str) -> None:
+        if self.state is State.CLOSED:
+            raise ConnectionLost("the connection is closed")
+        next_state = CLIENT_TRANSITIONS.get((self.state, move))
+        if next_state is None:
+            raise LocalProtocolError(f"cannot {move} in state {self.state.value}")
+        self.state = next_state
+
+    def hello(self) -> Envelope:
+        """The ``Hello`` to send first."""
+        self._move("hello")
+        return Envelope(0, Hello(codecs=self.codecs, token=self._token, role=self._role))
+
+    def welcome(self, envelope: Envelope) -> Welcome:
+        """Take the server's answer to ``Hello``.
+
+        Raises:
+            RemoteProtocolError: not a ``Welcome``, another protocol, or a codec not offered.
+            The RemoteError of an ``Error`` answer is for the driver to raise.
+        """
+        message = envelope.message
+        if isinstance(message, Error):
+            self.state = State.CLOSED
+            raise RemoteProtocolError(f"server refused the connection: {message.message}")
+        if not isinstance(message, Welcome) or envelope.id != 0:
+            self.state = State.CLOSED
+            raise RemoteProtocolError(f"expected Welcome, got {type(message).__name__}")
+        if _major(message.protocol) != _major(PROTOCOL):
+            self.state = State.CLOSED
+            raise RemoteProtocolError(f"server speaks {message.protocol!r}, not {PROTOCOL!r}")
+        if message.codec not in self.codecs:
+            self.state = State.CLOSED
+            raise RemoteProtocolError(f"server chose codec {message.codec!r}, not offered")
+        self._move("welcome")
+        self.codec = message.codec
+        self.server = message.server
+        return message
+
+    def request(self, message: Request, *, now: float, timeout: float) -> Envelope:
+        """The envelope for a new request, due ``timeout`` seconds after ``now``."""
+        self._move("request")
+        request_id = next(self._ids)
+        self._pending[request_id] = (type(message), now + timeout)
+        return Envelope(request_id, message)
+
+    def receive(self, envelope: Envelope, *, now: float) -> tuple[int, Response] | None:
+        """Match an answer to its request; None if it answers nothing pending (dropped).
+
+        Raises:
+            RemoteProtocolError: the answer is of the wrong type for its request.
+        """
+        self._move("receive")
+        self.expire(now)
+        pending = self._pending.pop(envelope.id, None)
+        if pending is None:
+            self.dropped += 1
+            return None
+        message = envelope.message
+        if not isinstance(message, (ANSWERS[pending[0]], Error)):
+            self.state = State.CLOSED
+            raise RemoteProtocolError(
+                f"{pending[0].__name__} answered with {type(message).__name__}"
+            )
+        return envelope.id, message  # type: ignore[return-value]
+
+    def expire(self, now: float) -> list[int]:
+        """Forget requests whose deadline is past; their ids, so a caller can report them."""
+        late = [rid for rid, (_, deadline) in self._pending.items() if deadline <= now]
+        for rid in late:
+            del self._pending[rid]
+        return late
+
+    def cancel(self, request_id: int) -> None:
+        """Give up on a request (its answer will be dropped)."""
+        self._pending.pop(request_id, None)
+
+    def lost(self) -> None:
+        """The transport reported the peer gone; every later move raises ConnectionLost."""
+        self.state = State.CLOSED
+        self._pending.clear()
+
+
+class ServerSession:
+    """The environment host's side: handshake, then one answer per request id."""
+
+    def __init__(self, codecs: Collection[str], *, token: str | None = None,
+                 server: str = "relay") -> None:
+        self.state = State.HANDSHAKING
+        self.codecs = tuple(codecs)
+        self.codec: str | None = None
+        self._token = token
+        self._server = server
+        self._last_id = 0
+
+    def hello(self, envelope: Envelope) -> Envelope:
+        """Answer the client's first message with ``Welcome`` or ``Error``.
+
+        After an ``Error`` answer the session is CLOSED and the driver hangs up.
+        """
+        message = envelope.message
+        if self.state is not State.HANDSHAKING:
+            raise LocalProtocolError("handshake already done")
+        error: str | None = None
+        if not isinstance(message, Hello):
+            error = f"expected Hello, got {type(message).__name__}"
+        elif _major(message.protocol) != _major(PROTOCOL):
+            error = f"protocol {message.protocol!r} is not supported (server speaks {PROTOCOL})"
+        elif self._token is not None and message.token != self._token:
+            error = "missing or wrong token"
+        else:
+            chosen = next((c for c in message.codecs if c in self.codecs), None)
+            if chosen is None:
+                error = (f"none of the codecs {list(message.codecs)} is available "
+                         f"(server has {list(self.codecs)})")
+            else:
+                self.codec = chosen
+                self.state = State.READY
+                return Envelope(0, Welcome(codec=chosen, server=self._server,
+                                           capabilities=("render",)))
+        self.state = State.CLOSED
+        return Envelope(0, Error(code="protocol", message=error))
+
+    def request(self, envelope: Envelope) -> Request:
+        """Validate an incoming request; the driver answers it with :meth:`answer`.
+
+        Raises:
+            RemoteProtocolError: not a request, before the handshake, or a reused id.
+        """
+        if self.state is not State.READY:
+            raise RemoteProtocolError("request before the handshake")
+        message = envelope.message
+        match message:
+            case Make() | Reset() | Step() | Render() | Close():
+                pass
+            case Hello() | Welcome() | Made() | Observation() | Transition() | Frame() | \
+                    Closed() | Error():
+                raise RemoteProtocolError(f"{type(message).__name__} is not a request")
+            case _:
+                assert_never(message)
+        if envelope.id <= self._last_id:
+            raise RemoteProtocolError(f"request id {envelope.id} is not increasing")
+        self._last_id = envelope.id
+        return message
+
+    def answer(self, request_id: int, message: Response) -> Envelope:
+        """The envelope answering request ``request_id``."""
+        return Envelope(request_id, message)

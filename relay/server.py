@@ -1,0 +1,284 @@
+"""Serving environments: :func:`serve` and :class:`Server`.
+
+A server listens on a URL, accepts any number of clients (one thread each)
+and gives every client its own environment instances, created on ``Make``
+by an *env factory*.  Anything an environment raises goes back to its client
+as an ``Error`` (a :class:`~relay.core.errors.RemoteEnvError` there) and the
+server keeps serving.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any, assert_never
+
+import gymnasium as gym
+
+from relay.core import spaces
+from relay.core.config import Settings, resolve_settings
+from relay.core.errors import ConfigError, ConnectionLost, RelayError, Timeout
+from relay.core.messages import (
+    Close,
+    Closed,
+    Error,
+    Frame,
+    Made,
+    Make,
+    Observation,
+    Render,
+    Request,
+    Reset,
+    Response,
+    Step,
+    Transition,
+)
+from relay.core.plugins import get_transport
+from relay.core.url import URL, make_url
+from relay.transports.base import Listener
+
+__all__ = ["EnvFactory", "EnvHost", "Server", "serve"]
+
+log = logging.getLogger("relay.server")
+
+EnvFactory = Callable[..., gym.Env]
+"""``factory(env_id, **kwargs) -> gymnasium.Env``; ``env_id`` may be None."""
+
+
+def _error(code: str, exc: BaseException) -> Error:
+    return Error(
+        code=code,
+        message=str(exc),
+        remote_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+        traceback="".join(traceback.format_exception(exc)),
+    )
+
+
+def gymnasium_factory(served_id: str | None) -> EnvFactory:
+    """A factory that makes Gymnasium envs by id; only ``served_id`` when given."""
+
+    def factory(env_id: str | None, **kwargs: Any) -> gym.Env:
+        if served_id is not None and env_id not in (None, served_id):
+            raise ConfigError(f"this server serves {served_id!r} only, not {env_id!r}")
+        chosen = env_id or served_id
+        if chosen is None:
+            raise ConfigError("Make needs an env_id: this server serves any registered env")
+        return gym.make(chosen, **kwargs)
+
+    return factory
+
+
+class EnvHost:
+    """The environments of one client, and the handler of its requests."""
+
+    def __init__(self, factory: EnvFactory) -> None:
+        self._factory = factory
+        self._envs: dict[int, gym.Env] = {}
+        self._needs_reset: set[int] = set()
+        self._ids = itertools.count(1)
+
+    def handle(self, request: Request) -> Response:
+        """Answer one request; never raises (failures become ``Error``)."""
+        try:
+            match request:
+                case Make():
+                    return self._make(request)
+                case Reset(instance=i, seed=seed, options=options):
+                    obs, info = self._env(i).reset(seed=seed, options=options)
+                    self._needs_reset.discard(i)
+                    return Observation(obs=obs, info=info)
+                case Step(instance=i, action=action):
+                    env = self._env(i)
+                    if i in self._needs_reset:
+                        return Error(code="not_reset",
+                                     message="step called before reset; call reset first")
+                    if action not in env.action_space:
+                        return Error(code="invalid_action",
+                                     message=f"action {action!r} is not in {env.action_space}")
+                    obs, reward, terminated, truncated, info = env.step(action)
+                    return Transition(obs=obs, reward=float(reward), terminated=bool(terminated),
+                                      truncated=bool(truncated), info=info)
+                case Render(instance=i):
+                    return Frame(frame=self._env(i).render())
+                case Close(instance=i):
+                    env = self._envs.pop(i, None)
+                    self._needs_reset.discard(i)
+                    if env is not None:
+                        env.close()
+                    return Closed()
+                case _:
+                    assert_never(request)
+        except _UnknownInstance as exc:
+            return Error(code="not_reset", message=str(exc))
+        except ConfigError as exc:
+            return _error("config", exc)
+        except Exception as exc:
+            return _error("env", exc)
+
+    def _make(self, request: Make) -> Made:
+        kwargs = dict(request.kwargs)
+        env = self._factory(request.env_id, **kwargs)
+        instance = next(self._ids)
+        self._envs[instance] = env
+        self._needs_reset.add(instance)
+        spec = None
+        if env.spec is not None:
+            try:
+                spec = env.spec.to_json()
+            except Exception:  # kwargs that JSON cannot hold: the spec stays local
+                spec = None
+        return Made(
+            instance=instance,
+            observation_space=spaces.describe(env.observation_space),
+            action_space=spaces.describe(env.action_space),
+            metadata=_plain_metadata(env.metadata),
+            render_mode=env.render_mode,
+            spec=spec,
+        )
+
+    def _env(self, instance: int) -> gym.Env:
+        env = self._envs.get(instance)
+        if env is None:
+            raise _UnknownInstance(f"no environment instance {instance} on this connection")
+        return env
+
+    def close(self) -> None:
+        """Close every environment of this client (it left)."""
+        envs, self._envs = self._envs, {}
+        for env in envs.values():
+            try:
+                env.close()
+            except Exception:
+                log.exception("closing an environment failed")
+
+
+class _UnknownInstance(LookupError):
+    pass
+
+
+def _plain_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    plain = {}
+    for key, value in metadata.items():
+        if isinstance(value, (str, int, float, bool, list, tuple, type(None))):
+            plain[key] = list(value) if isinstance(value, tuple) else value
+    return plain
+
+
+class Server:
+    """A listening relay server; use as a context manager or call :meth:`close`.
+
+    Attributes:
+        address: the URL clients connect to (real port when port 0 was asked).
+    """
+
+    def __init__(self, factory: EnvFactory, listener: Listener, settings: Settings) -> None:
+        self._factory = factory
+        self._listener = listener
+        self.settings = settings
+        self.address: URL = listener.address
+        self._stop = threading.Event()
+        self._threads: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+        self._acceptor = threading.Thread(target=self._accept_loop, name="relay-accept",
+                                          daemon=True)
+
+    def start(self) -> Server:
+        self._acceptor.start()
+        return self
+
+    def _accept_loop(self) -> None:
+        from relay.connection import IDLE_POLL, serve_channel
+
+        while not self._stop.is_set():
+            try:
+                channel = self._listener.accept(IDLE_POLL)
+            except Timeout:
+                continue
+            except ConnectionLost:
+                return
+            except RelayError:
+                log.exception("accept failed")
+                continue
+            host = EnvHost(self._factory)
+            thread = threading.Thread(
+                target=self._serve_one, args=(serve_channel, channel, host),
+                name="relay-connection", daemon=True,
+            )
+            with self._lock:
+                self._threads.add(thread)
+            thread.start()
+
+    def _serve_one(self, serve_channel: Any, channel: Any, host: EnvHost) -> None:
+        try:
+            serve_channel(channel, host.handle, self.settings, stop=self._stop,
+                          on_close=host.close)
+        except Exception:
+            log.exception("connection failed")
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def serve_forever(self) -> None:
+        """Block until :meth:`close` is called from elsewhere (or KeyboardInterrupt)."""
+        try:
+            while not self._stop.wait(0.5):
+                pass
+        finally:
+            self.close()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop accepting, end every connection, close their envs and the listener."""
+        if self._stop.is_set() and not self._acceptor.is_alive():
+            return
+        self._stop.set()
+        if self._acceptor.is_alive():
+            self._acceptor.join(timeout)
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(timeout)
+        self._listener.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve(
+    env: str | EnvFactory | None,
+    url: str | URL,
+    *,
+    block: bool = False,
+    **settings: Any,
+) -> Server:
+    """Serve an environment on ``url``.
+
+    Args:
+        env: a Gymnasium env id (``"CartPole-v1"``: only that id is served;
+            None: any registered id the client names;
+            ``Make`` kwargs go to ``gymnasium.make``), or a factory
+            ``factory(env_id, **kwargs) -> gymnasium.Env`` called once per ``Make``.
+        url: where to listen, e.g. ``"zmq+tcp://127.0.0.1:0"`` (port 0 picks a
+            free port: read it from ``server.address``).
+        block: serve until interrupted instead of returning at once.
+        **settings: overrides of :class:`~relay.core.config.Settings`.
+
+    Returns:
+        The running :class:`Server` (already accepting clients).
+
+    Raises:
+        UnknownScheme, InvalidURL, MissingDependency, ConfigError, TransportError.
+    """
+    parsed = make_url(url)
+    resolved = resolve_settings(parsed, **settings)
+    factory = gymnasium_factory(env) if env is None or isinstance(env, str) else env
+    listener = get_transport(parsed.scheme).listen(parsed, resolved)
+    server = Server(factory, listener, resolved).start()
+    if block:
+        server.serve_forever()
+    return server

@@ -1,0 +1,176 @@
+"""The transport compliance suite every transport subclasses (plugins too).
+
+Usage, in a transport's test module::
+
+    from relay.testing import TransportCompliance
+
+    class TestZmqTcp(TransportCompliance):
+        url = "zmq+tcp://127.0.0.1:0"
+
+The suite checks the contract written in :mod:`relay.transports.base`:
+multi-frame order and boundaries, bit-identical payloads, timeouts, peer
+death, the message-size limit, several clients, idempotent close, and the
+real bound address.  It needs pytest.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from relay.core.config import Settings
+from relay.core.errors import ConnectError, ConnectionLost, MessageTooLarge, Timeout
+from relay.core.plugins import get_transport
+from relay.core.url import URL, make_url
+from relay.transports.base import Channel, Listener
+
+__all__ = ["TransportCompliance"]
+
+
+class TransportCompliance:
+    """Subclass and set ``url`` (a listen URL, port 0 where there is a port)."""
+
+    url: str = ""
+    max_message_size: int = 1 << 20
+    #: a URL where nobody listens, for the connect-failure test (None: skip it)
+    unreachable_url: str | None = None
+
+    @pytest.fixture
+    def settings(self) -> Settings:
+        return Settings(max_message_size=self.max_message_size, connect_timeout=3.0)
+
+    @pytest.fixture
+    def listener(self, settings: Settings) -> Iterator[Listener]:
+        url = make_url(self.url)
+        listener = get_transport(url.scheme).listen(url, settings)
+        yield listener
+        listener.close()
+
+    @pytest.fixture
+    def pair(self, listener: Listener, settings: Settings) -> Iterator[tuple[Channel, Channel]]:
+        client, server = self.connect_pair(listener, settings)
+        yield client, server
+        client.close()
+        server.close()
+
+    @staticmethod
+    def connect_pair(listener: Listener, settings: Settings) -> tuple[Channel, Channel]:
+        accepted: list[Channel] = []
+        thread = threading.Thread(target=lambda: accepted.append(listener.accept(5.0)))
+        thread.start()
+        client = get_transport(listener.address.scheme).connect(
+            listener.address, settings, timeout=5.0)
+        thread.join(10.0)
+        assert accepted, "listener.accept() returned no channel"
+        return client, accepted[0]
+
+    def test_address_is_concrete(self, listener: Listener) -> None:
+        address = listener.address
+        assert isinstance(address, URL)
+        if address.port is not None:
+            assert address.port != 0
+
+    def test_round_trip_keeps_frames(self, pair: tuple[Channel, Channel]) -> None:
+        client, server = pair
+        payload = np.random.default_rng(0).integers(0, 256, 100_000, dtype=np.uint8)
+        client.send([b"head", memoryview(payload), b"", b"tail"])
+        frames = server.recv(5.0)
+        assert [bytes(f) for f in frames] == [b"head", payload.tobytes(), b"", b"tail"]
+        server.send([b"answer"])
+        assert [bytes(f) for f in client.recv(5.0)] == [b"answer"]
+
+    def test_messages_arrive_in_order(self, pair: tuple[Channel, Channel]) -> None:
+        client, server = pair
+        for i in range(50):
+            client.send([str(i).encode()])
+        assert [bytes(server.recv(5.0)[0]) for _ in range(50)] == [
+            str(i).encode() for i in range(50)
+        ]
+
+    def test_received_frames_stay_valid(self, pair: tuple[Channel, Channel]) -> None:
+        client, server = pair
+        client.send([b"a" * 5000])
+        first = server.recv(5.0)
+        client.send([b"b" * 5000])
+        server.recv(5.0)
+        assert bytes(first[0]) == b"a" * 5000
+
+    def test_recv_timeout(self, pair: tuple[Channel, Channel]) -> None:
+        client, _ = pair
+        start = time.monotonic()
+        with pytest.raises(Timeout):
+            client.recv(0.2)
+        assert time.monotonic() - start < 2.0
+
+    def test_channel_usable_after_timeout(self, pair: tuple[Channel, Channel]) -> None:
+        client, server = pair
+        with pytest.raises(Timeout):
+            client.recv(0.05)
+        server.send([b"late"])
+        assert bytes(client.recv(5.0)[0]) == b"late"
+
+    def test_peer_close_is_connection_lost(self, pair: tuple[Channel, Channel]) -> None:
+        client, server = pair
+        server.close()
+        with pytest.raises(ConnectionLost):
+            client.recv(5.0)
+        with pytest.raises(ConnectionLost):
+            client.recv(0.1)
+
+    def test_client_close_seen_by_server(self, pair: tuple[Channel, Channel]) -> None:
+        client, server = pair
+        client.close()
+        with pytest.raises(ConnectionLost):
+            server.recv(5.0)
+
+    def test_send_over_limit(self, pair: tuple[Channel, Channel]) -> None:
+        client, server = pair
+        with pytest.raises(MessageTooLarge):
+            client.send([b"x" * (self.max_message_size + 1)])
+        client.send([b"still usable"])
+        assert bytes(server.recv(5.0)[0]) == b"still usable"
+
+    def test_message_at_limit(self, pair: tuple[Channel, Channel]) -> None:
+        client, server = pair
+        data = bytes(range(256)) * (self.max_message_size // 256)
+        client.send([data])
+        assert bytes(server.recv(10.0)[0]) == data
+
+    def test_several_clients(self, listener: Listener, settings: Settings) -> None:
+        pairs = [self.connect_pair(listener, settings) for _ in range(3)]
+        try:
+            for i, (client, _) in enumerate(pairs):
+                client.send([f"client {i}".encode()])
+            for i, (_, server) in enumerate(pairs):
+                assert bytes(server.recv(5.0)[0]) == f"client {i}".encode()
+                server.send([f"to {i}".encode()])
+            for i, (client, _) in enumerate(pairs):
+                assert bytes(client.recv(5.0)[0]) == f"to {i}".encode()
+        finally:
+            for client, server in pairs:
+                client.close()
+                server.close()
+
+    def test_close_is_idempotent(self, pair: tuple[Channel, Channel]) -> None:
+        client, server = pair
+        client.close()
+        client.close()
+        server.close()
+        server.close()
+
+    def test_accept_timeout(self, listener: Listener) -> None:
+        with pytest.raises(Timeout):
+            listener.accept(0.1)
+
+    def test_connect_to_nobody(self, settings: Settings) -> None:
+        if self.unreachable_url is None:
+            pytest.skip("no unreachable URL for this transport")
+        url = make_url(self.unreachable_url)
+        start = time.monotonic()
+        with pytest.raises(ConnectError):
+            get_transport(url.scheme).connect(url, settings, timeout=1.0)
+        assert time.monotonic() - start < 3.0

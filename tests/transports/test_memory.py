@@ -1,0 +1,6 @@
+from relay.testing import TransportCompliance
+
+
+class TestMemory(TransportCompliance):
+    url = "memory://0"
+    unreachable_url = "memory://nobody-here"
