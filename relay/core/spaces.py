@@ -122,7 +122,7 @@ def _multi_binary(s: gs.MultiBinary) -> Description:
 
 
 def _text(s: gs.Text) -> Description:
-    return {"min_length": s.min_length, "max_length": s.max_length, "charset": s.characters}
+    return {"min_length": s.min_length, "max_length": s.max_length, "charset": "".join(s.character_list)}
 
 
 _BUILTIN_DESCRIBERS: dict[type, Callable[[Any], Description]] = {
@@ -150,7 +150,8 @@ _BUILTIN_BUILDERS: dict[str, Callable[[Description], Any]] = {
     "MultiBinary": lambda d: gs.MultiBinary(list(d["n"]) if isinstance(d["n"], (list, tuple))
                                             else d["n"]),
     "Text": lambda d: gs.Text(d["max_length"], min_length=d["min_length"], charset=d["charset"]),
-    "Dict": lambda d: gs.Dict({k: build(v) for k, v in d["spaces"].items()}),
+    # a list of pairs keeps the key order (a dict would be sorted by gymnasium)
+    "Dict": lambda d: gs.Dict([(k, build(v)) for k, v in d["spaces"].items()]),
     "Tuple": lambda d: gs.Tuple(tuple(build(v) for v in d["spaces"])),
     "Sequence": lambda d: gs.Sequence(build(d["feature_space"]), stack=d["stack"]),
     "Graph": lambda d: gs.Graph(

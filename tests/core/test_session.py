@@ -1,0 +1,115 @@
+"""The sans-I/O session: fed envelopes, no sockets, no sleeps, time passed in."""
+
+import pytest
+
+from relay.core.errors import ConnectionLost, LocalProtocolError, RemoteProtocolError
+from relay.core.messages import (
+    Closed,
+    Envelope,
+    Error,
+    Hello,
+    Made,
+    Make,
+    Observation,
+    Reset,
+    Step,
+    Transition,
+    Welcome,
+)
+from relay.core.session import ClientSession, ServerSession, State
+
+
+def handshaken(codecs=("msgpack",)) -> tuple[ClientSession, ServerSession]:
+    client = ClientSession(codecs)
+    server = ServerSession(["msgpack", "json"])
+    welcome = server.hello(client.hello())
+    client.welcome(welcome)
+    return client, server
+
+
+def test_handshake_negotiates_first_common_codec():
+    client, server = handshaken(("json", "msgpack"))
+    assert client.state is State.READY and server.state is State.READY
+    assert client.codec == server.codec == "json"
+
+
+def test_request_before_handshake_is_local_error():
+    with pytest.raises(LocalProtocolError, match="cannot request in state idle"):
+        ClientSession().request(Reset(instance=1), now=0.0, timeout=1.0)
+
+
+def test_server_refuses_unknown_codec_and_wrong_token():
+    server = ServerSession(["msgpack"])
+    answer = server.hello(Envelope(0, Hello(codecs=("bson",))))
+    assert isinstance(answer.message, Error) and "bson" in answer.message.message
+    assert server.state is State.CLOSED
+    guarded = ServerSession(["msgpack"], token="s3cret")
+    answer = guarded.hello(Envelope(0, Hello(token="wrong")))
+    assert isinstance(answer.message, Error) and "token" in answer.message.message
+
+
+def test_client_refuses_other_protocol_major():
+    client = ClientSession()
+    client.hello()
+    with pytest.raises(RemoteProtocolError, match="relay/2"):
+        client.welcome(Envelope(0, Welcome(protocol="relay/2")))
+    assert client.state is State.CLOSED
+
+
+def test_answers_matched_by_id_and_type():
+    client, server = handshaken()
+    envelope = client.request(Make(env_id="CartPole-v1"), now=0.0, timeout=5.0)
+    assert server.request(envelope) == envelope.message
+    answer = server.answer(envelope.id, Made(instance=1, observation_space={},
+                                             action_space={}))
+    request_id, message = client.receive(answer, now=1.0)
+    assert request_id == envelope.id and isinstance(message, Made)
+
+
+def test_late_answer_is_never_taken_for_the_next_request():
+    client, _ = handshaken()
+    first = client.request(Step(instance=1, action=0), now=0.0, timeout=1.0)
+    assert client.expire(now=2.0) == [first.id]
+    second = client.request(Step(instance=1, action=1), now=2.0, timeout=1.0)
+    late = Envelope(first.id, Transition(obs=0, reward=0.0, terminated=False, truncated=False))
+    assert client.receive(late, now=2.1) is None
+    assert client.dropped == 1
+    on_time = Envelope(second.id, Transition(obs=1, reward=1.0, terminated=False,
+                                             truncated=False))
+    assert client.receive(on_time, now=2.2)[1].obs == 1
+
+
+def test_wrong_answer_type_is_remote_protocol_error():
+    client, _ = handshaken()
+    envelope = client.request(Reset(instance=1), now=0.0, timeout=1.0)
+    with pytest.raises(RemoteProtocolError, match="Reset answered with Closed"):
+        client.receive(Envelope(envelope.id, Closed()), now=0.5)
+
+
+def test_error_answers_any_request():
+    client, _ = handshaken()
+    envelope = client.request(Reset(instance=1), now=0.0, timeout=1.0)
+    _, message = client.receive(Envelope(envelope.id, Error(code="env", message="x")), now=0.1)
+    assert isinstance(message, Error)
+
+
+def test_server_rejects_non_requests_and_reused_ids():
+    client, server = handshaken()
+    with pytest.raises(RemoteProtocolError, match="not a request"):
+        server.request(Envelope(5, Observation(obs=0)))
+    server.request(Envelope(6, Reset(instance=1)))
+    with pytest.raises(RemoteProtocolError, match="not increasing"):
+        server.request(Envelope(6, Reset(instance=1)))
+
+
+def test_server_rejects_request_before_handshake():
+    server = ServerSession(["msgpack"])
+    with pytest.raises(RemoteProtocolError, match="before the handshake"):
+        server.request(Envelope(1, Reset(instance=1)))
+
+
+def test_lost_session_fails_fast():
+    client, _ = handshaken()
+    client.lost()
+    with pytest.raises(ConnectionLost):
+        client.request(Reset(instance=1), now=0.0, timeout=1.0)
