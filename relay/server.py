@@ -99,8 +99,9 @@ class EnvHost:
                         return Error(code="invalid_action",
                                      message=f"action {action!r} is not in {env.action_space}")
                     obs, reward, terminated, truncated, info = env.step(action)
-                    return Transition(obs=obs, reward=float(reward), terminated=bool(terminated),
-                                      truncated=bool(truncated), info=info)
+                    # values keep their exact types (a MiniGrid reward is an int)
+                    return Transition(obs=obs, reward=reward, terminated=terminated,
+                                      truncated=truncated, info=info)
                 case Render(instance=i):
                     return Frame(frame=self._env(i).render())
                 case Close(instance=i):

@@ -13,3 +13,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# Every transport the Gymnasium end-to-end tests run over.  `{tmp}` is replaced
+# by a short temporary directory.  A transport whose scheme is not registered
+# (a plugin not installed) is skipped with the reason.
+TRANSPORT_URLS = [
+    "memory://0",
+    "zmq+tcp://127.0.0.1:0",
+    "zmq+ipc://{tmp}/relay.sock",
+    "tcp://127.0.0.1:0",
+]
+
+
+@pytest.fixture(params=TRANSPORT_URLS)
+def listen_url(request, tmp_path_factory) -> str:
+    """A URL to serve on, one per transport."""
+    from relay.core.errors import UnknownScheme
+    from relay.core.plugins import get_transport
+    from relay.core.url import make_url
+
+    url = request.param
+    try:
+        get_transport(make_url(url).scheme)
+    except UnknownScheme as exc:
+        pytest.skip(f"transport not installed: {exc}")
+    if "{tmp}" in url:
+        import tempfile
+
+        url = url.replace("{tmp}", tempfile.mkdtemp(prefix="relay-", dir="/tmp"))
+    return url

@@ -121,13 +121,13 @@ class Step:
 
 @_message
 class Transition:
-    """Answer to ``Step``: Gymnasium's 5-tuple."""
+    """Answer to ``Step``: Gymnasium's 5-tuple, each value with the env's own type."""
 
     tag: ClassVar[str] = "transition"
     obs: Any
-    reward: float
-    terminated: bool
-    truncated: bool
+    reward: Any
+    terminated: Any
+    truncated: Any
     info: dict[str, Any] = field(default_factory=dict)
 
 
