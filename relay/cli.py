@@ -29,7 +29,8 @@ def main() -> None:
 @click.option("--url", default="zmq+tcp://127.0.0.1:5555", show_default=True,
               help="Where to listen (port 0 picks a free port; the real URL is printed).")
 @click.option("--codec", default=None, help="Codec or peer wire format (msgpack, json, ...).")
-@click.option("--token", default=None, envvar="RELAY_TOKEN", help="Shared secret clients must send.")
+@click.option("--token", default=None, envvar="RELAY_TOKEN",
+              help="Shared secret clients must send.")
 def serve(env_id: str | None, url: str, codec: str | None, token: str | None) -> None:
     """Serve ENV_ID (any registered Gymnasium id if omitted) until interrupted."""
     import relay

@@ -105,10 +105,10 @@ class EnvHost:
                 case Render(instance=i):
                     return Frame(frame=self._env(i).render())
                 case Close(instance=i):
-                    env = self._envs.pop(i, None)
+                    closing = self._envs.pop(i, None)
                     self._needs_reset.discard(i)
-                    if env is not None:
-                        env.close()
+                    if closing is not None:
+                        closing.close()
                     return Closed()
                 case _:
                     assert_never(request)

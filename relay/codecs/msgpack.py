@@ -145,7 +145,7 @@ def _pack_array(array: np.ndarray, frames: list[Buffer], packer_default: Any) ->
     shape = list(array.shape)
     if array.nbytes >= OUT_OF_BAND_BYTES:
         flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-        frames.append(memoryview(flat))
+        frames.append(flat.data)
         payload: Any = len(frames) - 1
     else:
         payload = np.ascontiguousarray(array).tobytes()

@@ -45,10 +45,9 @@ __all__ = [
 PROTOCOL = "relay/1"
 """Protocol name and major version spoken by this package."""
 
-_message = dataclass(frozen=True, slots=True, kw_only=True)
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Hello:
     """Client → server, first message: protocol, codecs in preference order, role."""
 
@@ -59,7 +58,7 @@ class Hello:
     token: str | None = None
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Welcome:
     """Server → client: the codec chosen for the rest of the connection."""
 
@@ -70,7 +69,7 @@ class Welcome:
     capabilities: tuple[str, ...] = ()
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Make:
     """Create an environment instance (``env_id`` may be None when the server serves one)."""
 
@@ -79,7 +78,7 @@ class Make:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Made:
     """Answer to ``Make``: the instance id and what the client needs to mirror the env.
 
@@ -95,7 +94,7 @@ class Made:
     spec: str | None = None
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Reset:
     tag: ClassVar[str] = "reset"
     instance: int
@@ -103,7 +102,7 @@ class Reset:
     options: dict[str, Any] | None = None
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Observation:
     """Answer to ``Reset``: ``(obs, info)``."""
 
@@ -112,14 +111,14 @@ class Observation:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Step:
     tag: ClassVar[str] = "step"
     instance: int
     action: Any
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Transition:
     """Answer to ``Step``: Gymnasium's 5-tuple, each value with the env's own type."""
 
@@ -131,32 +130,32 @@ class Transition:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Render:
     tag: ClassVar[str] = "render"
     instance: int
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Frame:
-    """Answer to ``Render``: an ``(H, W, 3)`` uint8 array, a string (ansi), a list of them, or None."""
+    """Answer to ``Render``: an ``(H, W, 3)`` uint8 array, ansi text, a list of them, or None."""
 
     tag: ClassVar[str] = "frame"
     frame: Any
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Close:
     tag: ClassVar[str] = "close"
     instance: int
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Closed:
     tag: ClassVar[str] = "closed"
 
 
-@_message
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Error:
     """Answer to any request that failed; ``code`` picks the client's exception class."""
 

@@ -108,26 +108,27 @@ class _Registry:
             self._load_plugin(module, provider=provider, builtin=False, name=ep.name)
 
     def _load_plugin(self, module: Any, *, provider: str, builtin: bool, name: str = "") -> None:
+        plugin = name or provider
         pm = pluggy.PluginManager("relay")
         pm.add_hookspecs(HookSpecs)
         try:
-            pm.register(module, name=name or provider)
+            pm.register(module, name=plugin)
             pm.check_pending()
         except Exception as exc:
-            self.errors[name or provider] = f"{provider}: invalid plugin: {exc}"
+            self.errors[plugin] = f"{provider}: invalid plugin: {exc}"
             return
 
         def registrar(table: dict[str, Entry]) -> Register:
-            def register(key: str, target: str, *, extra: str | None = None) -> None:
-                old = table.get(key)
+            def register(name: str, target: str, *, extra: str | None = None) -> None:
+                old = table.get(name)
                 if old is not None:
-                    self.errors[f"{name or provider}:{key}"] = (
-                        f"{provider} tried to register {key!r}, already provided by {old.provider}"
+                    self.errors[f"{plugin}:{name}"] = (
+                        f"{provider} tried to register {name!r}, already provided by {old.provider}"
                     )
                     return
                 if ":" not in target:
                     raise PluginError(f"{provider}: target {target!r} is not 'module:Class'")
-                table[key] = Entry(key, target, extra, provider, builtin)
+                table[name] = Entry(name, target, extra, provider, builtin)
 
             return register
 
@@ -135,7 +136,7 @@ class _Registry:
             pm.hook.relay_register_transports(register=registrar(self.transports))
             pm.hook.relay_register_codecs(register=registrar(self.codecs))
         except Exception as exc:
-            self.errors[name or provider] = f"{provider}: hook failed: {exc!r}"
+            self.errors[plugin] = f"{provider}: hook failed: {exc!r}"
 
     def instance(self, entry: Entry, what: str) -> Any:
         with self._lock:

@@ -122,7 +122,8 @@ def _multi_binary(s: gs.MultiBinary) -> Description:
 
 
 def _text(s: gs.Text) -> Description:
-    return {"min_length": s.min_length, "max_length": s.max_length, "charset": "".join(s.character_list)}
+    return {"min_length": s.min_length, "max_length": s.max_length,
+            "charset": "".join(s.character_list)}
 
 
 _BUILTIN_DESCRIBERS: dict[type, Callable[[Any], Description]] = {
