@@ -1,0 +1,264 @@
+"""The ws:// and wss:// transport: compliance suite, TLS, auth, keepalive, bad input."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import socket
+import threading
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+import websockets.sync.client as ws_client
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+import relay
+from relay.core.config import Settings
+from relay.core.errors import ConnectError, ConnectionLost
+from relay.core.plugins import get_transport
+from relay.core.url import make_url
+from relay.testing import TransportCompliance
+from relay.transports.ws import pack_header
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 / localhost: (certfile, keyfile)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        ]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    certfile, keyfile = directory / "cert.pem", directory / "key.pem"
+    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    keyfile.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return certfile, keyfile
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return make_certificate(tmp_path_factory.mktemp("tls"))
+
+
+class TestWs(TransportCompliance):
+    url = "ws://127.0.0.1:0/relay"
+    unreachable_url = "ws://127.0.0.1:1/relay"
+
+
+class TestWss(TransportCompliance):
+    unreachable_url = "wss://127.0.0.1:1/relay"
+
+    @pytest.fixture(autouse=True)
+    def _tls_url(self, certificate: tuple[Path, Path]) -> None:
+        certfile, keyfile = certificate
+        # the client side reads cafile; the server side certfile/keyfile
+        self.url = f"wss://127.0.0.1:0/relay?certfile={certfile}&keyfile={keyfile}&cafile={certfile}"
+
+
+def test_wss_refuses_an_untrusted_certificate(certificate: tuple[Path, Path]) -> None:
+    certfile, keyfile = certificate
+    url = make_url(f"wss://127.0.0.1:0/relay?certfile={certfile}&keyfile={keyfile}")
+    settings = Settings(connect_timeout=3.0)
+    listener = get_transport("wss").listen(url, settings)
+    try:
+        assert "certfile" not in listener.address.query
+        with pytest.raises(ConnectError, match="certificate"):
+            get_transport("wss").connect(listener.address, settings, timeout=3.0)
+    finally:
+        listener.close()
+
+
+# -- end to end ----------------------------------------------------------------
+
+@pytest.fixture(params=["ws", "wss"])
+def served_cartpole(request: pytest.FixtureRequest, certificate: tuple[Path, Path]):
+    if request.param == "ws":
+        url = "ws://127.0.0.1:0/relay"
+        client_options = ""
+    else:
+        certfile, keyfile = certificate
+        url = f"wss://127.0.0.1:0/relay?certfile={certfile}&keyfile={keyfile}"
+        client_options = f"?cafile={certfile}"
+    with relay.serve("CartPole-v1", url) as server:
+        yield server.address.without_options().render() + client_options
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_check_env(served_cartpole: str, codec: str) -> None:
+    from gymnasium.utils.env_checker import check_env
+
+    env = relay.make(served_cartpole, codec=codec)
+    try:
+        check_env(env, skip_render_check=True)
+    finally:
+        env.close()
+
+
+def test_environments_match(served_cartpole: str) -> None:
+    from gymnasium.utils.env_match import check_environments_match
+
+    remote = relay.make(served_cartpole)
+    local = gym.make("CartPole-v1")
+    try:
+        check_environments_match(local, remote, num_steps=200, seed=7,
+                                 skip_render=True, info_comparison="equivalence")
+    finally:
+        remote.close()
+        local.close()
+
+
+# -- auth, keepalive, bad input -------------------------------------------------
+
+def test_token_checked_in_the_upgrade_request() -> None:
+    with relay.serve("CartPole-v1", "ws://127.0.0.1:0/relay", token="s3cret") as server:
+        address = server.address
+        with pytest.raises(ConnectError, match="401"):
+            relay.make(address)
+        with pytest.raises(ConnectError, match="401"):
+            relay.make(address, token="wrong")
+        # the token travels in the Authorization header, never in the URL
+        with pytest.raises(InvalidStatus) as info:
+            ws_client.connect(f"ws://{address.address}?token=s3cret", proxy=None)
+        assert info.value.response.status_code == 401
+        env = relay.make(address, token="s3cret")
+        env.reset(seed=0)
+        env.close()
+
+
+def test_wrong_path_is_404() -> None:
+    with relay.serve("CartPole-v1", "ws://127.0.0.1:0/relay") as server:
+        with pytest.raises(ConnectError, match="404"):
+            relay.make(f"ws://127.0.0.1:{server.address.port}/elsewhere")
+
+
+class SlowEnv(gym.Wrapper):
+    def step(self, action):
+        time.sleep(1.0)
+        return self.env.step(action)
+
+
+def test_long_step_survives_keepalive() -> None:
+    """Pings every 0.1 s with a 0.1 s timeout on both sides; a step takes 1 s."""
+    url = "ws://127.0.0.1:0/relay?ping_interval=0.1&ping_timeout=0.1"
+    with relay.serve(lambda env_id, **kw: SlowEnv(gym.make("CartPole-v1")), url) as server:
+        env = relay.make(server.address)
+        try:
+            env.reset(seed=0)
+            for _ in range(2):
+                env.step(0)
+            env.reset(seed=1)
+        finally:
+            env.close()
+
+
+def _still_serves(address) -> None:
+    env = relay.make(address)
+    try:
+        env.reset(seed=0)
+        env.step(1)
+    finally:
+        env.close()
+
+
+def test_http_request_without_upgrade(free_port: int) -> None:
+    with relay.serve("CartPole-v1", "ws://127.0.0.1:0/relay") as server:
+        with socket.create_connection(("127.0.0.1", server.address.port), timeout=5) as sock:
+            sock.sendall(b"GET /relay HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 4"), answer
+        with socket.create_connection(("127.0.0.1", server.address.port), timeout=5) as sock:
+            sock.sendall(b"\x16\x03\x01garbage that is not HTTP\r\n\r\n")
+            sock.settimeout(5)
+            try:
+                sock.recv(4096)
+            except ConnectionResetError:
+                pass
+        _still_serves(server.address)
+
+
+@pytest.mark.parametrize(("message", "code"), [
+    ('{"method": "make"}', 1003),                       # text
+    (b"\x01\x00", 1007),                               # shorter than a header
+    (pack_header([100]) + b"short", 1007),              # lengths do not add up
+    (pack_header([5]) + b"hello", 1007),                # a frame, but not a Hello
+])
+def test_bad_messages_close_with_a_reason(message: bytes | str, code: int) -> None:
+    with relay.serve("CartPole-v1", "ws://127.0.0.1:0/relay") as server:
+        with ws_client.connect(f"ws://{server.address.address}", proxy=None,
+                               compression=None) as ws:
+            ws.send(message)
+            if code == 1007 and message.endswith(b"hello"):
+                # a well-framed message that is not a Hello: relay answers Error
+                answer = ws.recv(timeout=5)
+                assert b"bad Hello" in answer
+            else:
+                with pytest.raises(ConnectionClosed) as info:
+                    ws.recv(timeout=5)
+                assert info.value.rcvd is not None
+                assert info.value.rcvd.code == code
+                assert info.value.rcvd.reason
+        _still_serves(server.address)
+
+
+def test_20_mb_message_over_the_limit() -> None:
+    url = "ws://127.0.0.1:0/relay?max_message_size=8000000"
+    with relay.serve("CartPole-v1", url) as server:
+        with ws_client.connect(f"ws://{server.address.address}", proxy=None,
+                               compression=None, max_size=None) as ws:
+            with pytest.raises(ConnectionClosed) as info:
+                ws.send(pack_header([20_000_000]) + bytes(20_000_000))
+                ws.recv(timeout=10)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+        _still_serves(server.address)
+
+
+def test_server_close_ends_client_connection() -> None:
+    server = relay.serve("CartPole-v1", "ws://127.0.0.1:0/relay")
+    env = relay.make(server.address, timeout=5)
+    env.reset(seed=0)
+    server.close()
+    with pytest.raises(ConnectionLost):
+        env.step(0)
+    env.close()
+
+
+def test_route_hook_gets_raw_messages() -> None:
+    settings = Settings(connect_timeout=3.0)
+    listener = get_transport("ws").listen(make_url("ws://127.0.0.1:0/relay"), settings)
+    seen: list[object] = []
+
+    def echo(channel) -> None:
+        seen.append(channel.path)
+        message = channel.recv_raw(5.0)
+        channel.send_raw(message.upper())
+        channel.close(1000, "bye")
+
+    listener.route("/gym", echo)
+    try:
+        with ws_client.connect(f"ws://127.0.0.1:{listener.address.port}/gym?x=1",
+                               proxy=None) as ws:
+            ws.send("hello")
+            assert ws.recv(timeout=5) == "HELLO"
+        assert seen == ["/gym?x=1"]
+    finally:
+        listener.close()
+    assert not any(t.name == "relay-ws-server" and t.is_alive()
+                   for t in threading.enumerate() if t is not threading.current_thread())
