@@ -1,0 +1,378 @@
+"""``tcp://HOST:PORT``: relay messages over a plain TCP stream, standard library only.
+
+Wire format (this module is its source; all integers little-endian)::
+
+    message := header frame_0 frame_1 ... frame_{n-1}
+    header  := n:u32  len_0:u64  len_1:u64 ... len_{n-1}:u64
+    frame_i := len_i raw bytes
+
+A message is its header followed by the bytes of its frames, back to back,
+with no padding and no trailer.  The receiver checks ``n`` against
+:data:`MAX_FRAMES` and ``sum(len_i)`` against ``settings.max_message_size``
+(bytes) *before* allocating anything; an oversized declaration drops the
+connection (:class:`~relay.ConnectionLost` on the receiver, the listener keeps
+accepting others).
+
+Sending gathers the header and the frames with one ``socket.sendmsg`` call (no
+concatenation copy).  Receiving reads into a per-channel buffer and copies
+each frame into a fresh writable ``bytearray``; the rest of a large frame is
+read straight into it with ``recv_into``.  A partly received message is kept
+across :class:`~relay.Timeout`, so a timeout never breaks the stream.  Sockets
+use ``TCP_NODELAY``; a listener binds ``127.0.0.1`` when the host is empty,
+and port 0 picks a free port (``listener.address`` has the real one).
+
+Every ``OSError`` is translated: ``ConnectError`` on connect, ``ConnectionLost``
+on a reset, EOF or a peer that reads nothing for ``settings.timeout`` seconds
+while we send (the channel is then unusable, and every later call raises
+``ConnectionLost``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from relay import (
+    URL,
+    ConnectError,
+    ConnectionLost,
+    InvalidURL,
+    MessageTooLarge,
+    Settings,
+    Timeout,
+    TransportError,
+)
+
+__all__ = ["MAX_FRAMES", "TcpChannel", "TcpListener", "TcpTransport"]
+
+MAX_FRAMES = 1 << 16
+"""Most frames in one message (the header is then at most 512 KiB)."""
+
+_COUNT = struct.Struct("<I")
+_BUFFER_SIZE = 1 << 16  # receive buffer, bytes
+_DIRECT = _BUFFER_SIZE // 4  # frame rests at least this big are read straight into the frame
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+_SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
+
+
+def _poll_ms(deadline: float | None) -> int | None:
+    if deadline is None:
+        return None
+    return max(0, math.ceil((deadline - time.monotonic()) * 1000))
+
+
+class TcpChannel:
+    """One TCP connection carrying whole multi-frame messages (see the module docstring).
+
+    ``send`` and ``recv`` may run in two threads at once; two concurrent
+    ``recv`` (or two ``send``) calls may not.
+    """
+
+    def __init__(self, sock: socket.socket, settings: Settings, peer: str) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._peer = peer
+        self._limit = settings.max_message_size
+        self._send_timeout = settings.timeout
+        self._readable = select.poll()
+        self._readable.register(self._fd, select.POLLIN)
+        self._writable = select.poll()
+        self._writable.register(self._fd, select.POLLOUT)
+        self._lost: str | None = None
+        self._closed = False
+        # receive state: unread bytes are _buffer[_start:_end]
+        self._buffer = bytearray(_BUFFER_SIZE)
+        self._view = memoryview(self._buffer)
+        self._start = self._end = 0
+        # the message being received: its frames, the one being filled, bytes in it
+        self._frames: list[bytearray] | None = None
+        self._index = 0
+        self._filled = 0
+
+    # -- sending -------------------------------------------------------------
+
+    def send(self, frames: Sequence[Any]) -> None:
+        """Send one message of ``frames`` (bytes-like, C-contiguous).
+
+        Raises:
+            MessageTooLarge: the frames total over ``settings.max_message_size``
+                bytes (nothing sent; the channel stays usable).
+            TransportError: more than :data:`MAX_FRAMES` frames (nothing sent).
+            ConnectionLost: the peer is gone or read nothing for ``settings.timeout`` s.
+        """
+        self._check()
+        views = [memoryview(frame).cast("B") for frame in frames]
+        size = sum(view.nbytes for view in views)
+        if size > self._limit:
+            raise MessageTooLarge(size, self._limit)
+        if len(views) > MAX_FRAMES:
+            raise TransportError(f"{len(views)} frames is over the tcp limit of {MAX_FRAMES}")
+        header = struct.pack(f"<I{len(views)}Q", len(views), *(view.nbytes for view in views))
+        pending = [memoryview(header), *(view for view in views if view.nbytes)]
+        deadline = time.monotonic() + self._send_timeout
+        first = 0
+        while first < len(pending):
+            try:
+                sent = self._sock.sendmsg(pending[first:first + _IOV_MAX], (), _SEND_FLAGS)
+            except BlockingIOError:
+                if not self._writable.poll(_poll_ms(deadline)):
+                    raise self._lose(
+                        f"{self._peer} read nothing for {self._send_timeout} s"
+                    ) from None
+                continue
+            except OSError as exc:
+                raise self._lose(f"sending to {self._peer} failed: {exc}") from exc
+            while sent:
+                head = pending[first]
+                if sent >= head.nbytes:
+                    sent -= head.nbytes
+                    first += 1
+                else:
+                    pending[first] = head[sent:]
+                    sent = 0
+
+    # -- receiving -----------------------------------------------------------
+
+    def recv(self, timeout: float | None = None) -> list[Any]:
+        """The next message as fresh writable ``bytearray`` frames.
+
+        Waits at most ``timeout`` seconds (None: forever).
+
+        Raises:
+            Timeout: no whole message in time (what arrived is kept for the next call).
+            ConnectionLost: the peer closed or reset the connection, or declared
+                a message over ``settings.max_message_size`` bytes or
+                :data:`MAX_FRAMES` frames.
+        """
+        self._check()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            message = self._parse()
+            if message is not None:
+                return message
+            self._fill(deadline, timeout)
+
+    def _parse(self) -> list[Any] | None:
+        """Consume buffered bytes; return the message once complete."""
+        if self._frames is None:
+            available = self._end - self._start
+            if available < _COUNT.size:
+                return None
+            (count,) = _COUNT.unpack_from(self._buffer, self._start)
+            if count > MAX_FRAMES:
+                raise self._lose(f"{self._peer} declared {count} frames (limit {MAX_FRAMES})")
+            header_size = _COUNT.size + 8 * count
+            if available < header_size:
+                if header_size > len(self._buffer):  # a header bigger than the buffer
+                    self._compact()
+                    self._buffer.extend(bytes(header_size - len(self._buffer)))
+                    self._view = memoryview(self._buffer)
+                return None
+            lengths = struct.unpack_from(f"<{count}Q", self._buffer, self._start + _COUNT.size)
+            size = sum(lengths)
+            if size > self._limit:
+                raise self._lose(
+                    f"{self._peer} declared a message of {size} bytes, "
+                    f"over max_message_size={self._limit} bytes"
+                )
+            self._start += header_size
+            self._frames = [bytearray(length) for length in lengths]
+            self._index = self._filled = 0
+        frames = self._frames
+        while self._index < len(frames):
+            frame = frames[self._index]
+            need = len(frame) - self._filled
+            if need:
+                take = min(need, self._end - self._start)
+                if not take:
+                    return None
+                memoryview(frame)[self._filled:self._filled + take] = (
+                    self._view[self._start:self._start + take]
+                )
+                self._start += take
+                self._filled += take
+                if take < need:
+                    return None
+            self._index += 1
+            self._filled = 0
+        self._frames = None
+        return frames
+
+    def _fill(self, deadline: float | None, timeout: float | None) -> None:
+        """Receive more bytes: straight into a big frame, else into the buffer."""
+        if self._start == self._end:
+            self._start = self._end = 0
+        frames = self._frames
+        if frames is not None and self._start == self._end:
+            rest = len(frames[self._index]) - self._filled
+            if rest >= _DIRECT:
+                start = self._filled
+                self._filled += self._recv_into(
+                    memoryview(frames[self._index])[start:], deadline, timeout)
+                return
+        if self._end == len(self._buffer):
+            self._compact()
+        self._end += self._recv_into(self._view[self._end:], deadline, timeout)
+
+    def _compact(self) -> None:
+        unread = self._end - self._start
+        self._buffer[:unread] = self._view[self._start:self._end]
+        self._start, self._end = 0, unread
+
+    def _recv_into(self, target: memoryview, deadline: float | None,
+                   timeout: float | None) -> int:
+        while True:
+            try:
+                received = self._sock.recv_into(target)
+            except BlockingIOError:
+                if not self._readable.poll(_poll_ms(deadline)):
+                    raise Timeout(f"no message from {self._peer} within {timeout} s") from None
+                continue
+            except OSError as exc:
+                raise self._lose(f"connection to {self._peer} failed: {exc}") from exc
+            if received == 0:
+                raise self._lose(f"{self._peer} closed the connection")
+            return received
+
+    # -- state ---------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ConnectionLost("the tcp channel is closed")
+        if self._lost is not None:
+            raise ConnectionLost(self._lost)
+
+    def _lose(self, reason: str) -> ConnectionLost:
+        """Mark the channel dead, hang up, and return the error to raise."""
+        self._lost = reason
+        self._hang_up()
+        return ConnectionLost(reason)
+
+    def _hang_up(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes a recv blocked in another thread
+        except OSError:
+            pass
+        self._sock.close()
+
+    def close(self) -> None:
+        """Close the connection (the peer sees ConnectionLost); idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._hang_up()
+
+
+class TcpListener:
+    """A listening TCP socket; ``accept`` gives one :class:`TcpChannel` per client."""
+
+    def __init__(self, sock: socket.socket, settings: Settings) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._settings = settings
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN)
+        self._closed = False
+        self._lock = threading.Lock()
+        host, port = sock.getsockname()[:2]
+        self._address = URL("tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+
+    @property
+    def address(self) -> URL:
+        """``tcp://HOST:PORT`` with the real port."""
+        return self._address
+
+    def accept(self, timeout: float | None = None) -> TcpChannel:
+        """Wait up to ``timeout`` seconds (None: forever) for the next client.
+
+        Raises:
+            Timeout: nobody connected in time.
+            ConnectionLost: the listener is closed.
+            TransportError: the system refused to accept (e.g. out of file descriptors).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._closed:
+                raise ConnectionLost("the tcp listener is closed")
+            try:
+                sock, peer = self._sock.accept()
+            except (BlockingIOError, ConnectionAbortedError):
+                if not self._poll.poll(_poll_ms(deadline)):
+                    raise Timeout(f"no client within {timeout} s") from None
+                continue
+            except OSError as exc:
+                if self._closed:
+                    raise ConnectionLost("the tcp listener is closed") from exc
+                raise TransportError(f"accept on {self._address} failed: {exc}") from exc
+            try:
+                return TcpChannel(sock, self._settings, f"tcp client {peer[0]}:{peer[1]}")
+            except OSError:  # reset before we could set it up
+                sock.close()
+
+    def close(self) -> None:
+        """Stop listening and free the port; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+
+
+def _host_port(url: URL) -> tuple[str, int]:
+    port = url.port
+    if port is None:
+        raise InvalidURL(str(url), "tcp:// needs HOST:PORT, e.g. tcp://127.0.0.1:5555")
+    return url.host or "127.0.0.1", port
+
+
+class TcpTransport:
+    """``tcp://HOST:PORT`` (an empty host means 127.0.0.1; port 0 listens on a free port)."""
+
+    schemes = ("tcp",)
+
+    def listen(self, url: URL, settings: Settings) -> TcpListener:
+        """Bind and listen on ``url``.
+
+        Raises:
+            InvalidURL: no port in the URL.
+            TransportError: the address cannot be bound (in use, not local, ...).
+        """
+        host, port = _host_port(url)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            sock = socket.create_server((host, port), family=family, backlog=128)
+        except OSError as exc:
+            raise TransportError(f"cannot listen on {url.render()}: {exc}") from exc
+        return TcpListener(sock, settings)
+
+    def connect(self, url: URL, settings: Settings, *, timeout: float) -> TcpChannel:
+        """Connect to ``url`` within ``timeout`` seconds.
+
+        Raises:
+            InvalidURL: no port, or port 0.
+            ConnectError: refused, unreachable or no answer within ``timeout``.
+        """
+        host, port = _host_port(url)
+        if port == 0:
+            raise InvalidURL(str(url), "cannot connect to port 0")
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise ConnectError(f"cannot connect to {url.render()}: {exc}") from exc
+        try:
+            return TcpChannel(sock, settings, f"tcp server {host}:{port}")
+        except OSError as exc:
+            sock.close()
+            raise ConnectError(f"cannot set up {url.render()}: {exc}") from exc
