@@ -23,6 +23,7 @@ TRANSPORT_URLS = [
     "zmq+tcp://127.0.0.1:0",
     "zmq+ipc://{tmp}/relay.sock",
     "tcp://127.0.0.1:0",
+    "ws://127.0.0.1:0/relay",
 ]
 
 
