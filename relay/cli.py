@@ -118,6 +118,22 @@ def demo(env_id: str, url: str | None, episodes: int) -> None:
 
 
 @main.command()
+@click.option("--steps", default=2000, show_default=True, type=int,
+              help="Timed steps per row and payload.")
+@click.option("--only", default="", help="Comma-separated substrings of row names "
+              "(their baselines and in-process are added).")
+@click.option("--payloads", default="S,M,L", show_default=True,
+              help="S: CartPole, M: 84x84x4 uint8, L: 3x224x224 uint8.")
+@click.option("--out", default="benchmarks/results", show_default=True,
+              help="Directory for the CSV and Markdown results ('' for none).")
+def bench(steps: int, only: str, payloads: str, out: str) -> None:
+    """Median round trip per env.step over every transport vs raw libraries."""
+    from relay.bench import bench as run_bench
+
+    sys.exit(run_bench(steps=steps, only=only, payloads=payloads, out=out))
+
+
+@main.command()
 def plugins() -> None:
     """List transport schemes and codecs, and which distribution provides each."""
     from relay.core import plugins as registry

@@ -1,0 +1,618 @@
+"""The round-trip benchmark: ``relay bench`` / ``python benchmarks/run.py``.
+
+Measures the median (and p90) time of one ``env.step`` round trip, in µs, for
+three payloads, over every registered relay transport and against baselines:
+
+=======  ===========================================================
+payload  observation per step
+=======  ===========================================================
+S        real ``CartPole-v1`` (4 float32)
+M        84x84x4 uint8 (:class:`FixedObsEnv`: a fixed array, free to make)
+L        3x224x224 uint8 (:class:`FixedObsEnv`)
+=======  ===========================================================
+
+Rows ("cases"): ``in-process`` (``env.step`` in this process); ``relay
+SCHEME://`` for every registered transport (env served by ``relay.serve`` in a
+*separate process*, except ``memory://`` which is in-process and so measures
+relay's own overhead); ``raw pyzmq ipc|tcp`` (a DEALER/ROUTER ping-pong, in a
+separate process, of the very bytes relay's msgpack codec puts on the wire for
+that step, no relay on the hot path); ``gymnasium AsyncVectorEnv`` (one env,
+``shared_memory=True``).  Each row shows its ratio to its *baseline* row
+(the raw library under the same transport) and to ``in-process``.  Results go
+to a table on stdout and to ``benchmarks/results/bench-<time>.{csv,md}``.
+
+How to add a row
+----------------
+*A relay transport* gets its row by being registered (built-in or plugin).
+If ``SCHEME://127.0.0.1:0`` is not a valid listen URL for it, add a template
+to :data:`LISTEN_URLS` (``{tmp}`` is a fresh temporary directory, ``{uid}`` a
+unique token); name its raw baseline in :data:`BASELINES`.
+
+*Anything else* (a raw library, another framework) is a generator decorated
+with :func:`bench_case`.  It gets the selected payloads and the number of
+steps, does its set-up once (e.g. spawns a server process), and yields
+``(payload_name, seconds_per_step)`` for each payload it supports::
+
+    @bench_case("raw grpcio bidi", group="raw")
+    def raw_grpc(payloads: Sequence[Payload], steps: int) -> CaseResult:
+        with spawn_server([...]) as address:          # helpers below
+            for payload in payloads:
+                request, reply = payload.wire_frames()   # relay's bytes for this step
+                ...
+                yield payload.name, time_calls(one_round_trip, steps)
+
+Put it in this module, or in your own module listed in :data:`CASE_MODULES`
+(imported when the benchmark starts).  Then ``BASELINES["grpc"] = "raw grpcio
+bidi"`` makes it the baseline of the ``relay grpc://`` row.  A case that
+needs something missing raises :class:`Unavailable` (the row is skipped
+with the reason).
+
+Noise: the machines are shared; compare rows inside one run, and run twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import functools
+import gc
+import importlib
+import itertools
+import os
+import secrets
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+__all__ = [
+    "BASELINES",
+    "CASES",
+    "CASE_MODULES",
+    "FIXED_OBS_ID",
+    "IN_PROCESS",
+    "LISTEN_URLS",
+    "PAYLOADS",
+    "Case",
+    "CaseResult",
+    "FixedObsEnv",
+    "Payload",
+    "Result",
+    "Unavailable",
+    "bench_case",
+    "main",
+    "run",
+    "spawn_server",
+    "time_calls",
+    "time_env",
+]
+
+FIXED_OBS_ID = "relay-bench/FixedObs-v0"
+IN_PROCESS = "in-process"
+
+CaseResult = Iterator[tuple[str, Sequence[float]]]
+"""What a case yields: ``(payload name, round-trip seconds of each step)``."""
+
+
+class Unavailable(Exception):
+    """Raised by a case that cannot run here (missing package, plugin...)."""
+
+
+# -- the synthetic environment ------------------------------------------------------
+
+
+class FixedObsEnv(gym.Env):
+    """Returns the same random observation of ``shape``/``dtype`` at every step.
+
+    Action space ``Discrete(2)``; reward 1.0; never terminates.  Making the
+    observation costs nothing, so a round trip measures only the transport.
+    """
+
+    def __init__(self, shape: Sequence[int] = (84, 84, 4), dtype: str = "uint8") -> None:
+        self.observation_space = gym.spaces.Box(0, 255, tuple(shape), np.dtype(dtype))
+        self.action_space = gym.spaces.Discrete(2)
+        self._obs = np.random.default_rng(0).integers(0, 256, tuple(shape)).astype(dtype)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        return self._obs, {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        return self._obs, 1.0, False, False, {}
+
+
+if FIXED_OBS_ID not in gym.registry:
+    gym.register(FIXED_OBS_ID, entry_point="relay.bench:FixedObsEnv", disable_env_checker=True)
+
+
+# -- payloads -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One workload: which env the server makes (``env_id``, ``env_kwargs``)."""
+
+    name: str
+    description: str
+    env_id: str
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def make_env(self) -> gym.Env:
+        """The env, made in this process."""
+        return gym.make(self.env_id, **self.env_kwargs)
+
+    def sample_obs(self) -> np.ndarray:
+        env = self.make_env()
+        try:
+            return env.observation_space.sample() * 0
+        finally:
+            env.close()
+
+    def wire_frames(self) -> tuple[list[bytes], list[bytes]]:
+        """The frames relay's msgpack codec sends for one step: (request, reply)."""
+        from relay.codecs.msgpack import MsgpackCodec
+        from relay.core.messages import Envelope, Step, Transition
+
+        codec = MsgpackCodec()
+        request = codec.encode(Envelope(7, Step(instance=1, action=1)))
+        reply = codec.encode(Envelope(7, Transition(
+            obs=self.sample_obs(), reward=1.0, terminated=False, truncated=False, info={})))
+        return [bytes(f) for f in request], [bytes(f) for f in reply]
+
+
+PAYLOADS: dict[str, Payload] = {
+    "S": Payload("S", "CartPole-v1, 4 float32", "CartPole-v1"),
+    "M": Payload("M", "84x84x4 uint8", FIXED_OBS_ID, {"shape": [84, 84, 4], "dtype": "uint8"}),
+    "L": Payload("L", "3x224x224 uint8", FIXED_OBS_ID,
+                 {"shape": [3, 224, 224], "dtype": "uint8"}),
+}
+
+
+# -- timing helpers -------------------------------------------------------------------
+
+WARMUP = 200
+"""Untimed steps before timing starts."""
+
+
+def time_calls(fn: Callable[[], Any], steps: int, warmup: int = WARMUP) -> list[float]:
+    """Seconds taken by each of ``steps`` calls of ``fn`` (after ``warmup`` calls)."""
+    for _ in range(warmup):
+        fn()
+    clock = time.perf_counter
+    out = [0.0] * steps
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(steps):
+            start = clock()
+            fn()
+            out[i] = clock() - start
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return out
+
+
+def time_env(env: gym.Env, steps: int, warmup: int = WARMUP) -> list[float]:
+    """Seconds per ``env.step`` (actions 1, 0, 1, ...; resets when done are not timed)."""
+    env.reset(seed=0)
+    clock = time.perf_counter
+    out: list[float] = []
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(warmup + steps):
+            start = clock()
+            _, _, terminated, truncated, _ = env.step(i & 1)
+            elapsed = clock() - start
+            if i >= warmup:
+                out.append(elapsed)
+            if terminated or truncated:
+                env.reset()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return out
+
+
+@contextlib.contextmanager
+def spawn_server(argv: Sequence[str], *, ready_timeout: float = 60.0,
+                 env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run ``argv`` as a server process; yield the first line it prints on stdout.
+
+    The process must print one line (usually its address) once it serves; it is
+    terminated (then killed) on exit.
+
+    Raises:
+        Unavailable: it exited or printed nothing within ``ready_timeout`` seconds.
+    """
+    proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        ready, _, _ = select.select([proc.stdout], [], [], ready_timeout)
+        line = proc.stdout.readline().strip() if ready else ""
+        if not line:
+            proc.kill()
+            _, err = proc.communicate(timeout=10)
+            raise Unavailable(f"server {' '.join(argv[-2:])} did not start: {err.strip()[-500:]}")
+        yield line
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def _python(*args: str) -> list[str]:
+    return [sys.executable, "-m", "relay.bench", *args]
+
+
+# -- the case registry ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """A row of the table: ``run(payloads, steps)`` yields per-payload timings."""
+
+    name: str
+    run: Callable[[Sequence[Payload], int], CaseResult]
+    group: str = "other"
+    baseline: str | None = None
+    """Name of the case this row is compared with (the raw library underneath)."""
+
+
+CASES: dict[str, Case] = {}
+"""Registered cases by name, in registration order."""
+
+CASE_MODULES: list[str] = []
+"""Modules imported before a run so that their ``@bench_case`` functions register."""
+
+LISTEN_URLS: dict[str, str] = {
+    "memory": "memory://relay-bench-{uid}",
+    "zmq+ipc": "zmq+ipc://{tmp}/relay-bench.sock",
+    "zmq+tcp": "zmq+tcp://127.0.0.1:0",
+}
+"""Listen URL template per relay scheme (default ``SCHEME://127.0.0.1:0``)."""
+
+BASELINES: dict[str, str] = {
+    "zmq+ipc": "raw pyzmq ipc",
+    "zmq+tcp": "raw pyzmq tcp",
+    "tcp": "raw pyzmq tcp",
+}
+"""Baseline case of each relay scheme's row."""
+
+IN_PROCESS_SCHEMES = frozenset({"memory"})
+"""Schemes whose server must run in the benchmark process itself."""
+
+
+def bench_case(name: str, *, group: str = "other", baseline: str | None = None
+               ) -> Callable[[Callable[[Sequence[Payload], int], CaseResult]],
+                             Callable[[Sequence[Payload], int], CaseResult]]:
+    """Register a generator ``fn(payloads, steps)`` as the row ``name``."""
+
+    def register(fn: Callable[[Sequence[Payload], int], CaseResult]
+                 ) -> Callable[[Sequence[Payload], int], CaseResult]:
+        CASES[name] = Case(name, fn, group=group, baseline=baseline)
+        return fn
+
+    return register
+
+
+@bench_case(IN_PROCESS, group="reference")
+def in_process(payloads: Sequence[Payload], steps: int) -> CaseResult:
+    for payload in payloads:
+        env = payload.make_env()
+        try:
+            yield payload.name, time_env(env, steps)
+        finally:
+            env.close()
+
+
+def _relay_case(scheme: str) -> Case:
+    def run_case(payloads: Sequence[Payload], steps: int) -> CaseResult:
+        import relay
+
+        tmp = tempfile.mkdtemp(prefix="rb-")
+        try:
+            template = LISTEN_URLS.get(scheme, f"{scheme}://127.0.0.1:0")
+            url = template.format(tmp=tmp, uid=secrets.token_hex(4))
+            if scheme in IN_PROCESS_SCHEMES:
+                server_cm: Any = relay.serve(None, url)
+            else:
+                server_cm = spawn_server(_python("_serve-relay", url))
+            with server_cm as server:
+                address = server if isinstance(server, str) else server.address
+                for payload in payloads:
+                    env = relay.make(address, payload.env_id, **payload.env_kwargs)
+                    try:
+                        yield payload.name, time_env(env, steps)
+                    finally:
+                        env.close()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    return Case(f"relay {scheme}://", run_case, group="relay", baseline=BASELINES.get(scheme))
+
+
+def _raw_zmq_case(kind: str) -> Callable[[Sequence[Payload], int], CaseResult]:
+    def run_case(payloads: Sequence[Payload], steps: int) -> CaseResult:
+        import zmq
+
+        tmp = tempfile.mkdtemp(prefix="rb-")
+        ctx = zmq.Context()
+        try:
+            endpoint = f"ipc://{tmp}/raw.sock" if kind == "ipc" else "tcp://127.0.0.1:*"
+            with spawn_server(_python("_serve-raw-zmq", endpoint)) as address:
+                for payload in payloads:
+                    request, _ = payload.wire_frames()
+                    sock = ctx.socket(zmq.DEALER)
+                    sock.linger = 0
+                    sock.connect(address)
+                    try:
+                        sock.send_multipart([b"payload", payload.name.encode()])
+                        if not sock.poll(30_000):
+                            raise Unavailable("raw pyzmq server did not answer")
+                        sock.recv_multipart()
+
+                        def round_trip(sock: Any = sock, request: list[bytes] = request) -> None:
+                            sock.send_multipart(request, copy=False)
+                            sock.recv_multipart(copy=False)
+
+                        yield payload.name, time_calls(round_trip, steps)
+                    finally:
+                        sock.close(0)
+        finally:
+            ctx.term()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    return run_case
+
+
+bench_case("raw pyzmq ipc", group="raw")(_raw_zmq_case("ipc"))
+bench_case("raw pyzmq tcp", group="raw")(_raw_zmq_case("tcp"))
+
+
+def _make_payload_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
+    import relay.bench  # noqa: F401  (registers FixedObs-v0 in a spawned worker)
+
+    return gym.make(env_id, **env_kwargs)
+
+
+def _step_vector(venv: gym.vector.VectorEnv, actions: Iterator[np.ndarray]) -> None:
+    venv.step(next(actions))
+
+
+@bench_case("gymnasium AsyncVectorEnv shm", group="reference")
+def async_vector_env(payloads: Sequence[Payload], steps: int) -> CaseResult:
+    for payload in payloads:
+        venv = gym.vector.AsyncVectorEnv(
+            [functools.partial(_make_payload_env, payload.env_id, payload.env_kwargs)],
+            shared_memory=True)
+        try:
+            venv.reset(seed=0)
+            actions = itertools.cycle([np.array([1]), np.array([0])])
+            yield payload.name, time_calls(
+                functools.partial(_step_vector, venv, actions), steps)
+        finally:
+            venv.close()
+
+
+# -- server processes -----------------------------------------------------------------
+
+
+def _serve_relay(url: str) -> None:
+    import relay
+
+    server = relay.serve(None, url)
+    print(server.address, flush=True)
+    server.serve_forever()
+
+
+def _serve_raw_zmq(endpoint: str) -> None:
+    """A ROUTER that answers each step with relay's reply bytes for the client's payload."""
+    import zmq
+
+    replies = {name.encode(): p.wire_frames()[1] for name, p in PAYLOADS.items()}
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.linger = 0
+    sock.bind(endpoint)
+    print(sock.getsockopt_string(zmq.LAST_ENDPOINT), flush=True)
+    chosen: dict[bytes, list[bytes]] = {}
+    while True:
+        message = sock.recv_multipart(copy=False)
+        identity = message[0].bytes
+        reply = chosen.get(identity)
+        if reply is None:
+            chosen[identity] = replies[message[2].bytes]
+            sock.send_multipart([identity, b"ok"])
+        else:
+            sock.send_multipart([identity, *reply], copy=False)
+
+
+# -- running and reporting ------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    case: str
+    group: str
+    payload: str
+    steps: int
+    median_us: float
+    p90_us: float
+    baseline: str | None = None
+    vs_baseline: float | None = None
+    vs_in_process: float | None = None
+
+
+def _all_cases() -> list[Case]:
+    for module in CASE_MODULES:
+        importlib.import_module(module)
+    from relay.core import plugins
+
+    cases = dict(CASES)
+    relay_cases = [_relay_case(scheme) for scheme in sorted(plugins.transports())]
+    ordered = [cases.pop(IN_PROCESS), *relay_cases]
+    ordered += [c for c in cases.values() if c.group == "raw"]
+    ordered += [c for c in cases.values() if c.group != "raw"]
+    return ordered
+
+
+def run(*, steps: int = 2000, only: Sequence[str] = (), payloads: Sequence[str] = "SML",
+        log: Callable[[str], None] = print) -> list[Result]:
+    """Run the selected cases (plus their baselines and in-process) and return results.
+
+    Args:
+        only: substrings; a case runs if its name contains one (empty: all).
+    """
+    chosen_payloads = [PAYLOADS[p] for p in payloads]
+    cases = _all_cases()
+    by_name = {c.name: c for c in cases}
+    wanted = {c.name for c in cases if not only or any(s in c.name for s in only)}
+    wanted |= {by_name[c].baseline for c in list(wanted)
+               if by_name[c].baseline in by_name}  # type: ignore[misc]
+    wanted.add(IN_PROCESS)
+    results: list[Result] = []
+    for case in cases:
+        if case.name not in wanted:
+            continue
+        log(f"running {case.name} ...")
+        try:
+            for payload_name, times in case.run(chosen_payloads, steps):
+                us = np.asarray(times) * 1e6
+                results.append(Result(case.name, case.group, payload_name, len(us),
+                                      float(np.median(us)), float(np.percentile(us, 90)),
+                                      baseline=case.baseline))
+        except Unavailable as exc:
+            log(f"  skipped: {exc}")
+        except Exception as exc:  # one broken row must not lose the others
+            log(f"  failed: {type(exc).__name__}: {exc}")
+    medians = {(r.case, r.payload): r.median_us for r in results}
+    for r in results:
+        if r.baseline and (r.baseline, r.payload) in medians:
+            r.vs_baseline = r.median_us / medians[(r.baseline, r.payload)]
+        if (IN_PROCESS, r.payload) in medians:
+            r.vs_in_process = r.median_us / medians[(IN_PROCESS, r.payload)]
+    return results
+
+
+def _ratio(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}x"
+
+
+def _rows(results: Sequence[Result], payloads: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    header = ["payload", "case", "median µs", "p90 µs", "x baseline", "x in-process",
+              "baseline"]
+    rows: list[list[str]] = []
+    for p in payloads:
+        for r in results:
+            if r.payload == p:
+                rows.append([p, r.case, f"{r.median_us:,.1f}", f"{r.p90_us:,.1f}",
+                             _ratio(r.vs_baseline), _ratio(r.vs_in_process), r.baseline or ""])
+    return header, rows
+
+
+def report(results: Sequence[Result], payloads: Sequence[str], out_dir: Path | None,
+           *, steps: int) -> tuple[Path, Path] | None:
+    """Print the table; write ``bench-<UTC time>.csv`` and ``.md`` into ``out_dir``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    header, rows = _rows(results, payloads)
+    title = (f"relay round trip per env.step, {steps} steps "
+             f"({', '.join(f'{p}: {PAYLOADS[p].description}' for p in payloads)})")
+    table = Table(title=title)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="right" if 2 <= i < 6 else "left")
+    for i, row in enumerate(rows):
+        table.add_row(*row, end_section=i + 1 < len(rows) and rows[i + 1][0] != row[0])
+    Console(width=max(Console().width, 110)).print(table)
+    if out_dir is None:
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    csv_path, md_path = out_dir / f"bench-{stamp}.csv", out_dir / f"bench-{stamp}.md"
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        names = [f.name for f in dataclasses.fields(Result)]
+        writer.writerow(["time_utc", "host_cpus", *names])
+        for r in results:
+            writer.writerow([stamp, os.cpu_count(), *dataclasses.astuple(r)])
+    lines = [f"# {title}", "", f"run {stamp} UTC, {os.cpu_count()} CPUs, Python "
+             f"{sys.version.split()[0]}", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    md_path.write_text("\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python benchmarks/run.py [--steps N] [--only SUBSTR] [--payloads S,M,L]``."""
+    parser = argparse.ArgumentParser(prog="relay bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=2000, help="timed steps per row and payload")
+    parser.add_argument("--only", default="",
+                        help="comma-separated substrings of case names (baselines are added)")
+    parser.add_argument("--payloads", default="S,M,L", help="comma-separated subset of S,M,L")
+    parser.add_argument("--out", default="benchmarks/results",
+                        help="directory for the CSV and Markdown results ('' for none)")
+    args = parser.parse_args(argv)
+    return bench(steps=args.steps, only=args.only, payloads=args.payloads, out=args.out)
+
+
+def bench(*, steps: int, only: str, payloads: str, out: str) -> int:
+    """The body of ``relay bench`` and ``benchmarks/run.py``; returns an exit code."""
+    chosen = [p.strip().upper() for p in payloads.split(",") if p.strip()]
+    unknown = [p for p in chosen if p not in PAYLOADS]
+    if unknown or not chosen:
+        print(f"unknown payloads {unknown}: choose from {', '.join(PAYLOADS)}", file=sys.stderr)
+        return 2
+    substrings = [s.strip() for s in only.split(",") if s.strip()]
+    start = time.monotonic()
+    results = run(steps=steps, only=substrings, payloads=chosen,
+                  log=lambda text: print(text, file=sys.stderr, flush=True))
+    paths = report(results, chosen, Path(out) if out else None, steps=steps)
+    print(f"{time.monotonic() - start:.0f} s", file=sys.stderr)
+    if paths:
+        print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
+    return 0
+
+
+def _internal(argv: Sequence[str]) -> None:
+    command, arg = argv
+    try:
+        if command == "_serve-relay":
+            _serve_relay(arg)
+        elif command == "_serve-raw-zmq":
+            _serve_raw_zmq(arg)
+        else:
+            raise SystemExit(f"unknown command {command}")
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1].startswith("_"):
+        _internal(sys.argv[1:])
+    else:
+        sys.exit(main())

@@ -1,0 +1,445 @@
+"""``zmq+tcp://HOST:PORT`` and ``zmq+ipc://PATH``: relay over ZeroMQ (pyzmq).
+
+Design (one server thread per channel, no socket shared between threads):
+
+* The :class:`ZmqListener` binds a ROUTER socket that is only a rendezvous.
+  A client's rendezvous DEALER sends ``[b"relay-zmq/1"]``; ``accept`` answers
+  it with ``[b"relay-zmq/1", ENDPOINT]`` after binding a *dedicated* DEALER
+  for that client on a fresh ephemeral endpoint (``tcp://HOST:*``, or the
+  listener's ipc path plus a random suffix, removed on close).  ENDPOINT is
+  the port number for tcp (the client keeps the host it dialled) or the ipc
+  path.  Anything else arriving at the rendezvous is ignored.
+* The client closes its rendezvous socket and connects a DEALER to that
+  endpoint: the channel is a DEALER-DEALER pair with exactly one peer each.
+  A relay message is one ZeroMQ multipart message (frames kept as is; frames
+  of ``copy_threshold`` bytes and more are sent without a copy, received
+  frames are writable ``memoryview`` s over ZeroMQ's buffer, no copy either).
+* Peer death: each channel socket has a monitor socket; ``recv`` polls the
+  data socket and the monitor together, and ``EVENT_DISCONNECTED`` (or a
+  failed handshake) turns into ``ConnectionLost`` once no data is left.
+  Reconnection is disabled on channels, and ZMTP heartbeats
+  (:data:`HEARTBEAT_IVL_MS`, :data:`HEARTBEAT_TIMEOUT_MS`) drop a peer that
+  stopped answering (a frozen process, a lost machine).
+
+Safety settings: ``LINGER 0`` on every socket (closing never blocks),
+``MAXMSGSIZE`` = ``settings.max_message_size`` on channels (ZeroMQ drops a
+larger frame *and the connection*: the receiver sees ``ConnectionLost``) and
+a few KiB on the rendezvous, one context per process (re-created after
+``fork``), and every ``zmq.ZMQError`` translated to the
+:class:`~relay.core.errors.RelayError` tree with the original as ``__cause__``.
+
+Zero-copy note: a frame sent without a copy is read by ZeroMQ's I/O thread
+after ``send`` returns; do not mutate it until the peer has answered (the
+request/reply pattern of relay guarantees this).
+
+Source of the socket semantics: the libzmq API docs (zmq_socket, zmq_setsockopt,
+zmq_socket_monitor), libzmq 4.3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import zmq
+
+from relay.codecs.base import Buffer
+from relay.core.config import Settings
+from relay.core.errors import (
+    ConnectError,
+    ConnectionLost,
+    InvalidURL,
+    MessageTooLarge,
+    Timeout,
+    TransportError,
+)
+from relay.core.url import URL
+
+__all__ = ["HEARTBEAT_IVL_MS", "HEARTBEAT_TIMEOUT_MS", "ZmqChannel", "ZmqListener",
+           "ZmqTransport"]
+
+MAGIC = b"relay-zmq/1"
+"""First frame of the rendezvous hello and of its answer."""
+
+HEARTBEAT_IVL_MS = 2000
+"""ZMTP heartbeat interval on channels, milliseconds."""
+
+HEARTBEAT_TIMEOUT_MS = 10_000
+"""A channel peer that answers no heartbeat for this long is dropped, milliseconds."""
+
+RENDEZVOUS_MAX_BYTES = 4096
+"""MAXMSGSIZE of the rendezvous ROUTER: a hello is a few bytes."""
+
+_FATAL_EVENTS = (
+    zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+_context_lock = threading.Lock()
+_context: zmq.Context | None = None
+_context_pid = 0
+
+
+def context() -> zmq.Context:
+    """The process's ZeroMQ context (a new one in a forked child)."""
+    global _context, _context_pid
+    pid = os.getpid()
+    if _context is None or _context_pid != pid:
+        with _context_lock:
+            if _context is None or _context_pid != pid:
+                _context = zmq.Context()
+                _context_pid = pid
+    return _context
+
+
+@contextlib.contextmanager
+def _native(what: str, error: type[TransportError] = ConnectionLost) -> Iterator[None]:
+    """Translate ``zmq.ZMQError`` (and ``OSError``) raised inside into ``error``."""
+    try:
+        yield
+    except zmq.ZMQError as exc:
+        raise error(f"{what}: {exc}") from exc
+    except OSError as exc:
+        raise error(f"{what}: {exc}") from exc
+
+
+def _socket(kind: int, max_message_size: int) -> zmq.Socket:
+    sock = context().socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message_size)
+    return sock
+
+
+def _ms(timeout: float | None) -> int:
+    """A zmq poll timeout in ms (-1: forever) from seconds."""
+    if timeout is None:
+        return -1
+    return max(int(timeout * 1000 + 0.999), 0)
+
+
+def _endpoint(url: URL, port: int | str | None = None) -> str:
+    """The ZeroMQ endpoint of a relay URL (``port`` replaces the URL's)."""
+    if url.scheme == "zmq+ipc":
+        return f"ipc://{url.address}"
+    host = url.host
+    if url.port is None and port is None:
+        raise InvalidURL(str(url), "zmq+tcp needs HOST:PORT (port 0 picks a free one)")
+    if port is None:
+        port = url.port if url.port else "*"
+    host = f"[{host}]" if ":" in host else host
+    return f"tcp://{host}:{port}"
+
+
+class ZmqChannel:
+    """One DEALER socket with exactly one peer; see the module docstring.
+
+    ``recv`` returns writable ``memoryview`` frames owned by the caller.
+    """
+
+    def __init__(self, sock: zmq.Socket, settings: Settings, *, ipc_path: str | None = None,
+                 name: str = "") -> None:
+        self._sock = sock
+        self._limit = settings.max_message_size
+        self._send_timeout = settings.timeout
+        self._ipc_path = ipc_path
+        self._name = name
+        self._monitor = sock.get_monitor_socket(_FATAL_EVENTS)
+        self._pollset = [(sock, zmq.POLLIN), (self._monitor, zmq.POLLIN)]
+        self._closed = False
+        self._lost: str | None = None
+
+    # -- hot path ---------------------------------------------------------------
+
+    def send(self, frames: Sequence[Buffer]) -> None:
+        """Send one message (one ZeroMQ multipart message).
+
+        Waits up to ``settings.timeout`` seconds while the peer is not connected
+        yet or its queue is full.
+
+        Raises:
+            MessageTooLarge, ConnectionLost, Timeout.
+        """
+        if self._lost is not None or self._closed:
+            raise ConnectionLost(self._lost or f"{self._name}: channel is closed")
+        size = 0
+        for frame in frames:
+            size += len(frame) if type(frame) is bytes else memoryview(frame).nbytes
+        if size > self._limit:
+            raise MessageTooLarge(size, self._limit)
+        try:
+            self._sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self._send_slow(frames)
+        except zmq.ZMQError as exc:
+            self._lost = f"{self._name}: send failed: {exc}"
+            raise ConnectionLost(self._lost) from exc
+
+    def _send_slow(self, frames: Sequence[Buffer]) -> None:
+        deadline = time.monotonic() + self._send_timeout
+        while True:
+            self._check_monitor()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Timeout(f"{self._name}: peer took no message within "
+                              f"{self._send_timeout} s")
+            try:
+                if self._sock.poll(min(_ms(remaining), 100), zmq.POLLOUT):
+                    self._sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                    return
+            except zmq.Again:
+                continue
+            except zmq.ZMQError as exc:
+                self._lost = f"{self._name}: send failed: {exc}"
+                raise ConnectionLost(self._lost) from exc
+
+    def recv(self, timeout: float | None = None) -> list[Buffer]:
+        """Receive one message within ``timeout`` seconds (None: forever).
+
+        Raises:
+            Timeout, ConnectionLost (peer gone, or a message over the limit).
+        """
+        if self._closed:
+            raise ConnectionLost(f"{self._name}: channel is closed")
+        sock = self._sock
+        if self._lost is not None:
+            timeout = 0.0  # deliver what already arrived, then ConnectionLost
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ms = _ms(timeout)
+        try:
+            while True:
+                ready = zmq.zmq_poll(self._pollset, ms)
+                if ready and ready[0][0] is sock:
+                    frames = sock.recv_multipart(copy=False)
+                    views: list[Buffer] = [f.buffer for f in frames]
+                    if len(views) > 1:
+                        size = sum(v.nbytes for v in views)
+                        if size > self._limit:
+                            self._lost = (f"{self._name}: received a message of {size} bytes, "
+                                          f"over max_message_size={self._limit}")
+                            self._teardown()
+                            raise ConnectionLost(self._lost)
+                    return views
+                if ready:
+                    self._check_monitor()
+                    continue
+                if deadline is None:
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if self._lost is not None:
+                        raise ConnectionLost(self._lost)
+                    raise Timeout(f"{self._name}: no message within {timeout} s")
+                ms = _ms(remaining)
+        except zmq.ZMQError as exc:
+            self._lost = f"{self._name}: receive failed: {exc}"
+            raise ConnectionLost(self._lost) from exc
+
+    def _check_monitor(self) -> None:
+        """Drain monitor events; raise ConnectionLost if the peer is gone and no data waits."""
+        lost = False
+        try:
+            while self._monitor.poll(0):
+                event = self._monitor.recv_multipart()
+                lost = lost or (int.from_bytes(event[0][:2], "little") & _FATAL_EVENTS) != 0
+            if lost:
+                self._lost = f"{self._name}: the peer disconnected"
+            if self._lost is not None and not self._sock.poll(0, zmq.POLLIN):
+                raise ConnectionLost(self._lost)
+        except zmq.ZMQError as exc:
+            self._lost = f"{self._name}: monitor failed: {exc}"
+            raise ConnectionLost(self._lost) from exc
+
+    # -- lifetime ----------------------------------------------------------------
+
+    def _teardown(self) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self._sock.disable_monitor()
+        self._monitor.close(0)
+        self._sock.close(0)
+        if self._ipc_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._ipc_path)
+
+    def close(self) -> None:
+        """Close the socket (linger 0) and its monitor; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._sock.closed:
+            self._teardown()
+
+    def __repr__(self) -> str:
+        return f"<ZmqChannel {self._name}{' closed' if self._closed else ''}>"
+
+
+class ZmqListener:
+    """The rendezvous ROUTER of a server; ``accept`` gives one channel per hello."""
+
+    def __init__(self, url: URL, settings: Settings) -> None:
+        self._url = url
+        self._settings = settings
+        self._closed = False
+        self._ipc_path: str | None = None
+        sock = _socket(zmq.ROUTER, RENDEZVOUS_MAX_BYTES)
+        try:
+            if url.scheme == "zmq+tcp" and ":" in url.host:
+                sock.setsockopt(zmq.IPV6, 1)
+            with _native(f"cannot listen on {url.render()}", TransportError):
+                sock.bind(_endpoint(url))
+                bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        except BaseException:
+            sock.close(0)
+            raise
+        self._sock = sock
+        if url.scheme == "zmq+ipc":
+            self._ipc_path = url.address
+            self._address = url.without_options()
+        else:
+            port = int(bound.rsplit(":", 1)[1])
+            host = f"[{url.host}]" if ":" in url.host else url.host
+            self._address = url.without_options().set(address=f"{host}:{port}")
+
+    @property
+    def address(self) -> URL:
+        return self._address
+
+    def accept(self, timeout: float | None = None) -> ZmqChannel:
+        """Wait up to ``timeout`` seconds for a client's hello; return its channel.
+
+        Raises:
+            Timeout: no client in time.  ConnectionLost: the listener is closed.
+            TransportError: no ephemeral endpoint could be bound.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._closed:
+                raise ConnectionLost("listener closed")
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise Timeout(f"no client within {timeout} s")
+            try:
+                if not self._sock.poll(_ms(remaining)):
+                    continue
+                message = self._sock.recv_multipart()
+            except zmq.ZMQError as exc:
+                if self._closed:
+                    raise ConnectionLost("listener closed") from exc
+                raise ConnectionLost(f"listener failed: {exc}") from exc
+            if len(message) != 2 or message[1] != MAGIC:
+                continue  # not a relay-zmq hello: ignore it
+            channel, reply = self._open_channel()
+            try:
+                self._sock.send_multipart([message[0], MAGIC, reply], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                channel.close()  # the client went away meanwhile
+                continue
+            return channel
+
+    def _open_channel(self) -> tuple[ZmqChannel, bytes]:
+        settings = self._settings
+        sock = _socket(zmq.DEALER, settings.max_message_size)
+        ipc_path = None
+        try:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+            channel = ZmqChannel(sock, settings, name=f"{self._address.render()} (server)")
+            with _native("cannot bind a channel endpoint", TransportError):
+                if self._url.scheme == "zmq+ipc":
+                    ipc_path = f"{self._url.address}.{secrets.token_hex(6)}"
+                    sock.bind(f"ipc://{ipc_path}")
+                    channel._ipc_path = ipc_path
+                    reply = ipc_path.encode()
+                else:
+                    if ":" in self._url.host:
+                        sock.setsockopt(zmq.IPV6, 1)
+                    sock.bind(_endpoint(self._url, "*"))
+                    reply = sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1].encode()
+        except BaseException:
+            if not sock.closed:
+                sock.close(0)
+            raise
+        return channel, reply
+
+    def close(self) -> None:
+        """Stop listening (linger 0; the ipc file is removed); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._sock.close(0)
+        if self._ipc_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._ipc_path)
+
+
+class ZmqTransport:
+    """``zmq+tcp://HOST:PORT`` and ``zmq+ipc://PATH`` (see the module docstring)."""
+
+    schemes = ("zmq+tcp", "zmq+ipc")
+
+    def listen(self, url: URL, settings: Settings) -> ZmqListener:
+        """Bind the rendezvous of ``url`` (port 0: a free port, see ``address``).
+
+        Raises:
+            InvalidURL, TransportError (address in use, bad interface...).
+        """
+        _check(url)
+        return ZmqListener(url, settings)
+
+    def connect(self, url: URL, settings: Settings, *, timeout: float) -> ZmqChannel:
+        """Say hello to the rendezvous at ``url`` and connect to the channel it gives.
+
+        Raises:
+            ConnectError: nobody answered within ``timeout`` seconds.
+        """
+        _check(url)
+        deadline = time.monotonic() + timeout
+        target = url.render()
+        hello = _socket(zmq.DEALER, RENDEZVOUS_MAX_BYTES)
+        try:
+            with _native(f"cannot connect to {target}", ConnectError):
+                if url.scheme == "zmq+tcp" and ":" in url.host:
+                    hello.setsockopt(zmq.IPV6, 1)
+                hello.connect(_endpoint(url))
+                hello.send(MAGIC)
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not hello.poll(_ms(remaining)):
+                        raise ConnectError(f"no relay server answered at {target} "
+                                           f"within {timeout} s")
+                    answer = hello.recv_multipart()
+                    if len(answer) == 2 and answer[0] == MAGIC:
+                        break
+        finally:
+            hello.close(0)
+        if url.scheme == "zmq+ipc":
+            endpoint = f"ipc://{answer[1].decode(errors='replace')}"
+        else:
+            endpoint = _endpoint(url, int(answer[1]))
+        sock = _socket(zmq.DEALER, settings.max_message_size)
+        try:
+            with _native(f"cannot connect to {target}", ConnectError):
+                sock.setsockopt(zmq.RECONNECT_IVL, -1)
+                sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+                sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+                if url.scheme == "zmq+tcp" and ":" in url.host:
+                    sock.setsockopt(zmq.IPV6, 1)
+                channel = ZmqChannel(sock, settings, name=f"{target} (client)")
+                sock.connect(endpoint)
+        except BaseException:
+            if not sock.closed:
+                sock.close(0)
+            raise
+        return channel
+
+
+def _check(url: URL) -> None:
+    if url.scheme not in ZmqTransport.schemes:
+        raise InvalidURL(str(url), f"scheme {url.scheme!r} is not zmq+tcp or zmq+ipc")
+    if url.scheme == "zmq+tcp" and url.port is None:
+        raise InvalidURL(str(url), "zmq+tcp needs HOST:PORT (port 0 picks a free one)")
