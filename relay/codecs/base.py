@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any, Protocol, runtime_checkable
@@ -48,6 +49,7 @@ ALLOWED_DTYPE_KINDS = frozenset("biufcUS")
 Object (``O``), void/structured (``V``), datetime (``M``/``m``) are refused."""
 
 
+@functools.lru_cache(maxsize=256)
 def check_dtype(text: str) -> np.dtype[Any]:
     """The numpy dtype named ``text`` (e.g. ``"<f4"``) if it is allowed on the wire.
 
@@ -75,31 +77,39 @@ def array_from_buffer(
     Raises:
         CodecError: bad dtype, negative or non-integer shape, or a length mismatch.
     """
+    if not isinstance(dtype_text, str):
+        raise CodecError(f"dtype must be a string, got {dtype_text!r}")
     dtype = check_dtype(dtype_text)
-    if not isinstance(shape, (list, tuple)) or not all(
-        type(d) is int and d >= 0 for d in shape
-    ):
+    if not isinstance(shape, (list, tuple)):
         raise CodecError(f"array shape {shape!r} is not a list of non-negative ints")
     count = 1
     for d in shape:
+        if type(d) is not int or d < 0:
+            raise CodecError(f"array shape {shape!r} is not a list of non-negative ints")
         count *= d
-    view = memoryview(buffer)
-    if view.nbytes != count * dtype.itemsize:
+    nbytes = len(buffer) if isinstance(buffer, (bytes, bytearray)) else memoryview(buffer).nbytes
+    if nbytes != count * dtype.itemsize:
         raise CodecError(
             f"array of shape {tuple(shape)} and dtype {dtype.str} needs "
-            f"{count * dtype.itemsize} bytes, frame has {view.nbytes}"
+            f"{count * dtype.itemsize} bytes, frame has {nbytes}"
         )
-    array = np.frombuffer(view.cast("B") if view.ndim != 1 or view.format != "B" else view,
-                          dtype=dtype, count=count).reshape(shape)
+    if isinstance(buffer, memoryview) and (buffer.ndim != 1 or buffer.format != "B"):
+        buffer = buffer.cast("B")
+    array = np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
     if not array.flags.writeable and not zero_copy:
         array = array.copy()
     return array
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
 def envelope_to_parts(envelope: Envelope) -> tuple[int, str, dict[str, Any]]:
     """``(id, tag, fields)`` of an envelope, ready for a codec to serialize."""
     message = envelope.message
-    body = {f.name: getattr(message, f.name) for f in fields(message)}
+    body = {name: getattr(message, name) for name in _field_names(type(message))}
     return envelope.id, message.tag, body
 
 
@@ -114,8 +124,8 @@ def envelope_from_parts(request_id: Any, tag: Any, body: Any) -> Envelope:
     cls = MESSAGE_TYPES.get(tag) if isinstance(tag, str) else None
     if cls is None:
         raise CodecError(f"unknown message tag {tag!r}")
-    if not isinstance(body, dict) or not all(isinstance(k, str) for k in body):
-        raise CodecError(f"body of {tag!r} must be a map with string keys")
+    if not isinstance(body, dict):
+        raise CodecError(f"body of {tag!r} must be a map")
     try:
         return Envelope(request_id, cls(**body))
     except TypeError as exc:

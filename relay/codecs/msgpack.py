@@ -21,6 +21,7 @@ against a whitelist and shapes against the byte length before allocation.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,40 +54,67 @@ except ImportError:  # pragma: no cover
     GraphInstance = None  # type: ignore[assignment,misc]
 
 
+class _Encoder(threading.local):
+    """Per-thread packers (a ``msgpack.Packer`` is reused: building one per call costs
+    more than packing a small message) and the frames of the message being encoded."""
+
+    def __init__(self) -> None:
+        self.frames: list[Buffer] = []
+        self.outer = msgpack.Packer(default=self.default, strict_types=True, use_bin_type=True)
+        self.inner = msgpack.Packer(use_bin_type=True)  # array/scalar headers: no recursion
+
+    def default(self, obj: Any) -> Any:
+        if isinstance(obj, np.ndarray):
+            dtype = check_dtype(obj.dtype.str)
+            if obj.nbytes >= OUT_OF_BAND_BYTES:
+                flat = np.ascontiguousarray(obj).reshape(-1).view(np.uint8)
+                self.frames.append(flat.data)
+                payload: Any = len(self.frames) - 1
+            else:
+                payload = np.ascontiguousarray(obj).tobytes()
+            return msgpack.ExtType(EXT_NDARRAY,
+                                   self.inner.pack([dtype.str, list(obj.shape), payload]))
+        if isinstance(obj, np.generic):
+            check_dtype(obj.dtype.str)
+            return msgpack.ExtType(EXT_SCALAR, self.inner.pack([obj.dtype.str, obj.tobytes()]))
+        if GraphInstance is not None and isinstance(obj, GraphInstance):
+            return msgpack.ExtType(EXT_GRAPH, self.nested([obj.nodes, obj.edges, obj.edge_links]))
+        if isinstance(obj, tuple):
+            return msgpack.ExtType(EXT_TUPLE, self.nested(list(obj)))
+        if isinstance(obj, (bytearray, memoryview)):
+            return bytes(obj)
+        if isinstance(obj, dict):
+            return dict(obj)
+        if isinstance(obj, list):
+            return list(obj)
+        raise TypeError(f"cannot encode a value of type {type(obj).__qualname__}")
+
+    def nested(self, obj: Any) -> bytes:
+        # a fresh packer: the outer one is in the middle of a message
+        return msgpack.packb(obj, default=self.default, strict_types=True, use_bin_type=True)
+
+
 class MsgpackCodec:
-    """MessagePack codec (``name = "msgpack"``); stateless and thread-safe."""
+    """MessagePack codec (``name = "msgpack"``); thread-safe."""
 
     name = "msgpack"
     content_type = "application/x-msgpack"
 
+    def __init__(self) -> None:
+        self._encoder = _Encoder()
+
     def encode(self, envelope: Envelope) -> list[Buffer]:
+        encoder = self._encoder
         frames: list[Buffer] = [b""]
-
-        def default(obj: Any) -> Any:
-            if isinstance(obj, np.ndarray):
-                return _pack_array(obj, frames, packer_default=default)
-            if isinstance(obj, np.generic):
-                check_dtype(obj.dtype.str)
-                return msgpack.ExtType(EXT_SCALAR, msgpack.packb([obj.dtype.str, obj.tobytes()]))
-            if GraphInstance is not None and isinstance(obj, GraphInstance):
-                return msgpack.ExtType(
-                    EXT_GRAPH, _packb([obj.nodes, obj.edges, obj.edge_links], default)
-                )
-            if isinstance(obj, tuple):
-                return msgpack.ExtType(EXT_TUPLE, _packb(list(obj), default))
-            if isinstance(obj, (bytearray, memoryview)):
-                return bytes(obj)
-            if isinstance(obj, dict):
-                return dict(obj)
-            if isinstance(obj, list):
-                return list(obj)
-            raise TypeError(f"cannot encode a value of type {type(obj).__qualname__}")
-
+        encoder.frames = frames
         request_id, tag, body = envelope_to_parts(envelope)
         try:
-            frames[0] = _packb([request_id, tag, body], default)
+            frames[0] = encoder.outer.pack([request_id, tag, body])
         except (TypeError, ValueError, OverflowError) as exc:
+            encoder.outer.reset()
             raise CodecError(f"cannot encode {tag!r}: {exc}") from exc
+        finally:
+            encoder.frames = []
         return frames
 
     def decode(self, frames: Sequence[Buffer], *, zero_copy: bool = False) -> Envelope:
@@ -96,7 +124,7 @@ class MsgpackCodec:
 
         def ext_hook(code: int, data: bytes) -> Any:
             if code == EXT_NDARRAY:
-                dtype, shape, payload = _unpackb(data, ext_hook)
+                dtype, shape, payload = _unpackb(data, None)
                 if type(payload) is int:
                     if not 1 <= payload < len(frames) or payload in used:
                         raise CodecError(f"array refers to frame {payload} of {len(frames)}")
@@ -106,10 +134,11 @@ class MsgpackCodec:
                     raise CodecError("array data must be bytes or a frame index")
                 return array_from_buffer(dtype, shape, payload)
             if code == EXT_SCALAR:
-                dtype, raw = _unpackb(data, ext_hook)
-                if not isinstance(raw, bytes):
-                    raise CodecError("scalar data must be bytes")
-                return array_from_buffer(dtype, [], raw)[()]
+                dtype_text, raw = _unpackb(data, None)
+                dtype = check_dtype(dtype_text) if isinstance(dtype_text, str) else None
+                if dtype is None or not isinstance(raw, bytes) or len(raw) != dtype.itemsize:
+                    raise CodecError(f"malformed scalar of dtype {dtype_text!r}")
+                return np.frombuffer(raw, dtype=dtype, count=1)[0]
             if code == EXT_TUPLE:
                 items = _unpackb(data, ext_hook)
                 if not isinstance(items, list):
@@ -121,8 +150,7 @@ class MsgpackCodec:
             raise CodecError(f"unknown MessagePack extension type {code}")
 
         try:
-            parts = _unpackb(frames[0], ext_hook)
-            request_id, tag, body = parts
+            request_id, tag, body = _unpackb(frames[0], ext_hook)
         except CodecError:
             raise
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
@@ -132,21 +160,7 @@ class MsgpackCodec:
         return envelope_from_parts(request_id, tag, body)
 
 
-def _packb(obj: Any, default: Any) -> bytes:
-    return msgpack.packb(obj, default=default, strict_types=True, use_bin_type=True)
-
-
 def _unpackb(data: Buffer, ext_hook: Any) -> Any:
+    if ext_hook is None:
+        return msgpack.unpackb(data, raw=False)
     return msgpack.unpackb(data, ext_hook=ext_hook, raw=False, strict_map_key=False)
-
-
-def _pack_array(array: np.ndarray, frames: list[Buffer], packer_default: Any) -> msgpack.ExtType:
-    dtype = check_dtype(array.dtype.str)
-    shape = list(array.shape)
-    if array.nbytes >= OUT_OF_BAND_BYTES:
-        flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-        frames.append(flat.data)
-        payload: Any = len(frames) - 1
-    else:
-        payload = np.ascontiguousarray(array).tobytes()
-    return msgpack.ExtType(EXT_NDARRAY, msgpack.packb([dtype.str, shape, payload]))
