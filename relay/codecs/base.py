@@ -101,15 +101,15 @@ def array_from_buffer(
     return array
 
 
-@functools.cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {
+    cls: tuple(f.name for f in fields(cls)) for cls in MESSAGE_TYPES.values()
+}
 
 
 def envelope_to_parts(envelope: Envelope) -> tuple[int, str, dict[str, Any]]:
     """``(id, tag, fields)`` of an envelope, ready for a codec to serialize."""
     message = envelope.message
-    body = {name: getattr(message, name) for name in _field_names(type(message))}
+    body = {name: getattr(message, name) for name in _FIELD_NAMES[type(message)]}
     return envelope.id, message.tag, body
 
 
