@@ -37,7 +37,6 @@ from relay.server import Server, serve
 __version__ = "0.1.0"
 
 __all__ = [
-    "URL",
     "CodecError",
     "ConfigError",
     "ConnectError",
@@ -57,6 +56,7 @@ __all__ = [
     "Settings",
     "Timeout",
     "TransportError",
+    "URL",
     "UnknownCodec",
     "UnknownScheme",
     "hookimpl",
