@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import struct
 import threading
@@ -170,13 +171,16 @@ def test_close_from_another_thread_ends_a_blocked_recv(listener, settings: Setti
     assert len(errors) == 1 and isinstance(errors[0], ConnectionLost)
 
 
-def test_many_frames_beyond_iov_max(listener, settings: Settings) -> None:
+@pytest.mark.parametrize("count", [3000, 20_000])  # over IOV_MAX; a header over the buffer
+def test_many_frames(listener, settings: Settings, count: int) -> None:
     client = get_transport("tcp").connect(listener.address, settings, timeout=5.0)
     server = listener.accept(5.0)
     try:
-        frames = [i.to_bytes(4, "little") for i in range(3000)]
+        frames = [i.to_bytes(4, "little") for i in range(count)]
         client.send(frames)
+        client.send([b"after"])
         assert [bytes(f) for f in server.recv(5.0)] == frames
+        assert server.recv(5.0) == [bytearray(b"after")]
     finally:
         client.close()
         server.close()
@@ -194,3 +198,71 @@ def test_url_without_port_is_rejected(settings: Settings) -> None:
 
     with pytest.raises(relay.InvalidURL):
         get_transport("tcp").connect(make_url("tcp://127.0.0.1"), settings, timeout=1.0)
+
+
+def test_random_fragmentation_and_timeouts_keep_messages_whole(
+    listener, settings: Settings
+) -> None:
+    """Messages cut at random points, with recv timing out in between, arrive intact."""
+    rng = random.Random(1)
+    sizes = [0, 1, 7, 300, 20_000, 70_000]
+    messages = [
+        [rng.randbytes(rng.choice(sizes)) for _ in range(rng.randint(0, 4))] for _ in range(150)
+    ]
+    wire = b"".join(
+        struct.pack(f"<I{len(m)}Q", len(m), *map(len, m)) + b"".join(m) for m in messages
+    )
+    raw, channel = raw_peer(listener, settings)
+
+    def dribble() -> None:
+        position = 0
+        while position < len(wire):
+            step = rng.choice([1, 3, 11, 500, 9000, 100_000])
+            raw.sendall(wire[position:position + step])
+            position += step
+            if rng.random() < 0.05:
+                time.sleep(0.002)
+
+    sender = threading.Thread(target=dribble)
+    sender.start()
+    received = []
+    deadline = time.monotonic() + 20
+    while len(received) < len(messages) and time.monotonic() < deadline:
+        try:
+            received.append([bytes(f) for f in channel.recv(0.001)])
+        except Timeout:
+            pass
+    sender.join(10)
+    raw.close()
+    channel.close()
+    assert received == messages
+
+
+def test_burst_of_small_messages(listener, settings: Settings) -> None:
+    """Many messages in one burst: some straddle the end of the receive buffer."""
+    client = get_transport("tcp").connect(listener.address, settings, timeout=5.0)
+    server = listener.accept(5.0)
+    try:
+        messages = [[i.to_bytes(4, "little"), bytes([i % 256]) * (i % 997)] for i in range(2000)]
+        for message in messages:
+            client.send(message)
+        assert [[bytes(f) for f in server.recv(5.0)] for _ in messages] == messages
+    finally:
+        client.close()
+        server.close()
+
+
+def test_header_straddling_the_receive_buffer(listener, settings: Settings) -> None:
+    from relay_tcp.transport import _BUFFER_SIZE
+
+    raw, channel = raw_peer(listener, settings)
+    with raw:
+        first = bytes(range(256)) * 300
+        first = first[: _BUFFER_SIZE - 12 - 6]  # leaves 6 bytes of the next header in the buffer
+        second = [b"abc", b"defg"]
+        raw.sendall(struct.pack("<IQ", 1, len(first)) + first
+                    + struct.pack("<IQQ", 2, 3, 4) + b"abcdefg")
+        time.sleep(0.05)  # let it all arrive, so one read fills the buffer
+        assert channel.recv(5.0) == [bytearray(first)]
+        assert channel.recv(5.0) == [bytearray(f) for f in second]
+        channel.close()

@@ -173,9 +173,10 @@ class TcpChannel:
             header_size = _COUNT.size + 8 * count
             if available < header_size:
                 if header_size > len(self._buffer):  # a header bigger than the buffer
-                    self._compact()
-                    self._buffer.extend(bytes(header_size - len(self._buffer)))
-                    self._view = memoryview(self._buffer)
+                    grown = bytearray(header_size)
+                    grown[:available] = self._view[self._start:self._end]
+                    self._buffer, self._view = grown, memoryview(grown)
+                    self._start, self._end = 0, available
                 return None
             lengths = struct.unpack_from(f"<{count}Q", self._buffer, self._start + _COUNT.size)
             size = sum(lengths)
@@ -225,7 +226,8 @@ class TcpChannel:
 
     def _compact(self) -> None:
         unread = self._end - self._start
-        self._buffer[:unread] = self._view[self._start:self._end]
+        # bytes(): the ranges may overlap, and bytearray slice assignment is a memcpy
+        self._buffer[:unread] = bytes(self._view[self._start:self._end])
         self._start, self._end = 0, unread
 
     def _recv_into(self, target: memoryview, deadline: float | None,
