@@ -9,6 +9,7 @@ Gymnasium id ``relay/Remote-v0``.
 """
 
 from relay.adapters.gymnasium import RemoteEnv, make, register_envs
+from relay.adapters.inverted import ListeningEnv, connect_env, listen_env
 from relay.core.config import Settings
 from relay.core.errors import (
     CodecError,
@@ -43,6 +44,7 @@ __all__ = [
     "ConnectionLost",
     "InvalidAction",
     "InvalidURL",
+    "ListeningEnv",
     "MessageTooLarge",
     "MissingDependency",
     "NotReset",
@@ -59,7 +61,9 @@ __all__ = [
     "URL",
     "UnknownCodec",
     "UnknownScheme",
+    "connect_env",
     "hookimpl",
+    "listen_env",
     "make",
     "make_url",
     "serve",

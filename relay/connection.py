@@ -68,18 +68,35 @@ class ClientConnection:
             UnknownScheme, UnknownCodec, ConnectError, Timeout, RemoteProtocolError.
         """
         transport = get_transport(url.scheme)
-        codec = get_codec(settings.codec)
+        get_codec(settings.codec)  # an unknown codec fails before connecting
         deadline = time.monotonic() + settings.connect_timeout
         channel = transport.connect(url, settings, timeout=settings.connect_timeout)
-        session = ClientSession((codec.name,), token=settings.token, role=role)
+        return cls.over(channel, settings, role=role, deadline=deadline, peer=url.render())
+
+    @classmethod
+    def over(cls, channel: Channel, settings: Settings, *, role: str = "agent",
+             deadline: float | None = None, peer: str = "the peer") -> ClientConnection:
+        """Run the client handshake on an already open ``channel`` (closed on failure).
+
+        The inverted mode uses it on an accepted channel: the listening agent is
+        the client of the session.  ``deadline`` (a ``time.monotonic()`` value)
+        defaults to ``settings.connect_timeout`` from now.
+
+        Raises:
+            UnknownCodec, Timeout, ConnectionLost, RemoteProtocolError.
+        """
+        if deadline is None:
+            deadline = time.monotonic() + settings.connect_timeout
         try:
+            codec = get_codec(settings.codec)
+            session = ClientSession((codec.name,), token=settings.token, role=role)
             channel.send(HANDSHAKE_CODEC.encode(session.hello()))
             remaining = max(deadline - time.monotonic(), 0.001)
             try:
                 frames = channel.recv(remaining)
             except Timeout:
                 raise Timeout(
-                    f"no handshake answer from {url.render()} within "
+                    f"no handshake answer from {peer} within "
                     f"{settings.connect_timeout} s"
                 ) from None
             session.welcome(HANDSHAKE_CODEC.decode(frames))
