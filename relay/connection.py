@@ -64,11 +64,17 @@ class ClientConnection:
     def open(cls, url: URL, settings: Settings, *, role: str = "agent") -> ClientConnection:
         """Connect to ``url`` and run the handshake within ``settings.connect_timeout``.
 
+        A peer protocol codec (``dm_env_rpc``) returns its own connection
+        instead, with the same ``call``/``close``/``closed``.
+
         Raises:
             UnknownScheme, UnknownCodec, ConnectError, Timeout, RemoteProtocolError.
         """
+        codec = get_codec(settings.codec)  # an unknown codec fails before connecting
+        open_client = getattr(codec, "open_client", None)
+        if open_client is not None:  # a peer protocol (dm_env_rpc) owns the connection
+            return open_client(url, settings)  # type: ignore[no-any-return]
         transport = get_transport(url.scheme)
-        get_codec(settings.codec)  # an unknown codec fails before connecting
         deadline = time.monotonic() + settings.connect_timeout
         channel = transport.connect(url, settings, timeout=settings.connect_timeout)
         return cls.over(channel, settings, role=role, deadline=deadline, peer=url.render())
@@ -88,8 +94,10 @@ class ClientConnection:
         if deadline is None:
             deadline = time.monotonic() + settings.connect_timeout
         try:
-            codec = get_codec(settings.codec)
-            session = ClientSession((codec.name,), token=settings.token, role=role)
+            preferred = get_codec(settings.codec)
+            # json is offered as a fallback: every peer (JavaScript, ...) speaks it
+            offered = (preferred.name,) if preferred.name == "json" else (preferred.name, "json")
+            session = ClientSession(offered, token=settings.token, role=role)
             channel.send(HANDSHAKE_CODEC.encode(session.hello()))
             remaining = max(deadline - time.monotonic(), 0.001)
             try:
@@ -100,6 +108,7 @@ class ClientConnection:
                     f"{settings.connect_timeout} s"
                 ) from None
             session.welcome(HANDSHAKE_CODEC.decode(frames))
+            codec = preferred if session.codec == preferred.name else get_codec("json")
         except BaseException:
             channel.close()
             raise
