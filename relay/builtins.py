@@ -18,3 +18,4 @@ def relay_register_transports(register: Register) -> None:
 def relay_register_codecs(register: Register) -> None:
     register("msgpack", "relay.codecs.msgpack:MsgpackCodec", extra="msgpack")
     register("json", "relay.codecs.json:JsonCodec")
+    register("dm_env_rpc", "relay.compat.dm_env_rpc:DmEnvRpcCodec", extra="dm-env-rpc")

@@ -36,7 +36,7 @@ from relay.core.messages import (
     Step,
     Transition,
 )
-from relay.core.plugins import get_transport
+from relay.core.plugins import get_codec, get_transport
 from relay.core.url import URL, make_url
 from relay.transports.base import Listener
 
@@ -270,7 +270,9 @@ def serve(
         **settings: overrides of :class:`~relay.core.config.Settings`.
 
     Returns:
-        The running :class:`Server` (already accepting clients).
+        The running :class:`Server` (already accepting clients); for a peer
+        protocol codec (``?codec=dm_env_rpc``) that protocol's server, with the
+        same ``address``/``close``/``serve_forever``.
 
     Raises:
         UnknownScheme, InvalidURL, MissingDependency, ConfigError, TransportError.
@@ -278,8 +280,12 @@ def serve(
     parsed = make_url(url)
     resolved = resolve_settings(parsed, **settings)
     factory = gymnasium_factory(env) if env is None or isinstance(env, str) else env
-    listener = get_transport(parsed.scheme).listen(parsed, resolved)
-    server = Server(factory, listener, resolved).start()
+    serve_peer = getattr(get_codec(resolved.codec), "serve", None)
+    if serve_peer is not None:  # a peer protocol (dm_env_rpc) runs its own server
+        server = serve_peer(factory, parsed, resolved)
+    else:
+        listener = get_transport(parsed.scheme).listen(parsed, resolved)
+        server = Server(factory, listener, resolved).start()
     if block:
         server.serve_forever()
     return server
