@@ -6,6 +6,7 @@ from relay.core.plugins import Register, hookimpl
 @hookimpl
 def relay_register_transports(register: Register) -> None:
     register("memory", "relay.transports.memory:MemoryTransport")
+    register("shm", "relay.transports.shm:ShmTransport", extra="posix-ipc")
     register("zmq+tcp", "relay.transports.zmq:ZmqTransport", extra="pyzmq")
     register("zmq+ipc", "relay.transports.zmq:ZmqTransport", extra="pyzmq")
     register("grpc", "relay.transports.grpc:GrpcTransport", extra="grpcio")

@@ -1,0 +1,1065 @@
+"""``shm://NAME``: relay between two processes of one machine through shared memory.
+
+Rendezvous and peer death
+    The listener binds a UNIX stream socket at ``DIR/relay-UID/NAME.sock``
+    (``DIR`` is ``$RELAY_SHM_DIR``, else ``$XDG_RUNTIME_DIR``, else the temp
+    directory; a long NAME is replaced by its hash to stay under the 104-byte
+    ``sun_path`` limit of macOS).  A client connects and sends one JSON line
+    naming the POSIX objects it created for this connection; the server opens
+    them, unlinks their names and answers ``{"ok": true}``.  After that the
+    socket carries no data: it stays open only so that either side sees EOF
+    when the other one dies (also after SIGKILL).
+
+Segments
+    Each connection has two segments (client->server, server->client), each
+    with one writer and one reader, named ``/relay_<pid>_<8 hex>`` (at most 23
+    characters: macOS allows 31) after the creating process, mode 0600, and
+    two POSIX semaphores with the same kind of names (``/dev/shm/sem.relay_*``
+    on Linux).  Names are unlinked as soon as the peer has mapped them, so a
+    crash after the handshake leaves nothing in ``/dev/shm``; a name still
+    linked (a handshake or growth in progress) is unlinked on ``close``, at
+    interpreter exit and on SIGTERM/SIGINT (previous handlers are chained, so
+    ``KeyboardInterrupt`` still happens).  Names of SIGKILLed processes are
+    swept on the next ``listen`` (:func:`sweep_orphans`; the pid in the name
+    must be dead) and by ``relay cleanup``.
+
+    Layout of a segment (little-endian u64 words)::
+
+        word 0   wseq     messages published by the writer
+        word 1   wclosed  1 once the writer has closed
+        word 8   rseq     messages released by the reader (own cache line)
+        word 9   rclosed  1 once the reader has closed
+        word 16+ SLOTS descriptors of 4 words: data offset, record bytes, kind, 0
+        byte 4096 on: the data area, a ring of records
+
+    A record (64-byte aligned) is ``nframes, len_0 .. len_n-1`` followed by
+    each frame at the next 64-byte boundary, so numpy views of the frames
+    are aligned.  A frame is copied once, from the sender's buffer straight
+    into the ring.  The writer places a record at offset 0 whenever the
+    ring is empty (the usual case for request/answer traffic: the same,
+    cache-warm pages every step) and otherwise after the newest record,
+    wrapping around; it waits (with the send deadline) while the reader has
+    not released enough space.
+
+Growth
+    A message larger than the ring makes the writer create a bigger segment
+    (twice the size or what the message needs) and publish a ``grow`` record
+    naming it in the old ring; the reader maps the new segment, unlinks its
+    name and continues there.  Messages over ``settings.max_message_size``
+    raise :class:`~relay.core.errors.MessageTooLarge` on send and never touch
+    a segment; a received record over the receiver's limit drops the
+    connection (``ConnectionLost``).
+
+Wake-up (chosen by benchmark, see ``relay/bench_shm.py``)
+    After publishing, the writer posts the reader's semaphore (``sem_post``:
+    an atomic increment, a futex syscall only when someone sleeps).  The
+    reader checks ``wseq``, then spins for at most ``spin`` microseconds
+    calling ``sched_yield`` between checks (on 2 cores a pure busy-wait
+    starves the peer), then blocks in ``sem_timedwait`` in slices of
+    :data:`SLICE` seconds, checking the socket for EOF between slices.  The
+    semaphore is only a hint: ``wseq`` is the truth, so a stale count costs
+    one extra loop.  Measured on 2 cores: a UNIX-socket doorbell byte costs a
+    send and a recv syscall per message (+5-10 µs per round trip), the
+    semaphore is free when the reader caught the message while spinning.
+    Spinning is used only on x86 (total store order makes the ``wseq``
+    check safe without a fence); elsewhere every message is fetched after a
+    semaphore wait, whose acquire/release semantics order the memory.
+
+Receive modes
+    By default ``recv`` returns fresh ``bytearray`` frames (one copy out of
+    the ring, writable, so the msgpack codec wraps them in numpy without
+    another copy, and consecutive observations never share memory).  With
+    ``settings.zero_copy`` (``?zero_copy=1``) it returns ``memoryview`` s into
+    the ring, valid until the next ``recv`` (their space is released then).
+
+URL options
+    ``?segment_size=BYTES`` initial data area per direction (default 1 MiB),
+    ``?spin=MICROSECONDS`` spin budget before blocking (default
+    :data:`DEFAULT_SPIN_US`).
+
+Segments are made with ``posix_ipc`` (shm_open + ``mmap``), not
+``multiprocessing.shared_memory``: on Python 3.11 the latter registers every
+segment it opens with the ``resource_tracker`` process, which unlinks it
+(and warns about a "leak") when the *opening* process exits, breaking the
+peer; ``track=False`` only exists from 3.13.  posix_ipc also gives the
+semaphores, on Linux and macOS alike.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import json
+import mmap
+import os
+import platform
+import re
+import secrets
+import select
+import signal
+import socket
+import stat
+import struct
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import posix_ipc
+
+from relay.codecs.base import Buffer
+from relay.core.config import Settings
+from relay.core.errors import (
+    ConfigError,
+    ConnectError,
+    ConnectionLost,
+    InvalidURL,
+    MessageTooLarge,
+    Timeout,
+    TransportError,
+)
+from relay.core.url import URL
+
+__all__ = [
+    "DEFAULT_SEGMENT_SIZE",
+    "DEFAULT_SPIN_US",
+    "ShmChannel",
+    "ShmListener",
+    "ShmTransport",
+    "socket_path",
+    "sweep_orphans",
+]
+
+DEFAULT_SEGMENT_SIZE = 1 << 20
+"""Initial data area of each direction, bytes (grows on demand)."""
+DEFAULT_SPIN_US = 50.0
+"""Spin budget before blocking, microseconds (``sched_yield`` between checks)."""
+SLICE = 0.05
+PURE_SPIN = 2e-6
+"""Seconds of plain polling before the spin starts calling ``sched_yield``."""
+"""Longest single semaphore wait, seconds: the bound on noticing a dead peer."""
+HEADER = 4096
+SLOTS = 64
+ALIGN = 64
+KIND_MESSAGE = 0
+KIND_GROW = 1
+HELLO_LIMIT = 4096
+PROTOCOL = "relay-shm/1"
+
+_W_SEQ, _W_CLOSED, _R_SEQ, _R_CLOSED, _SLOT0 = 0, 1, 8, 9, 16
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_OBJECT = re.compile(r"^(?:sem\.)?relay_(\d+)_[0-9a-f]{8}$")
+_STRONG_ORDER = platform.machine().lower() in {"x86_64", "amd64", "i386", "i686", "x86"}
+_SHM_DIR = Path("/dev/shm")
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+# ---------------------------------------------------------------------------
+# Names this process created and that may still be linked: unlinked on close,
+# at exit and on SIGTERM/SIGINT.
+
+_linked: dict[str, str] = {}  # "/relay_..." -> "shm" | "sem"
+_linked_lock = threading.Lock()
+_hooks_installed = False
+
+
+def _unlink(name: str, kind: str) -> None:
+    with contextlib.suppress(posix_ipc.ExistentialError, OSError):
+        if kind == "sem":
+            posix_ipc.unlink_semaphore(name)
+        else:
+            posix_ipc.unlink_shared_memory(name)
+
+
+def _forget(name: str, *, unlink: bool) -> None:
+    with _linked_lock:
+        kind = _linked.pop(name, None)
+    if unlink and kind is not None:
+        _unlink(name, kind)
+
+
+def unlink_all() -> None:
+    """Unlink every name this process created that is still linked (exit hook)."""
+    with _linked_lock:
+        items = list(_linked.items())
+        _linked.clear()
+    for name, kind in items:
+        _unlink(name, kind)
+
+
+def _chain_signal(signum: int, previous: Any) -> Any:
+    def handler(sig: int, frame: Any) -> None:
+        unlink_all()
+        if callable(previous):
+            previous(sig, frame)  # default_int_handler raises KeyboardInterrupt
+        elif previous == signal.SIG_DFL:
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+
+    return handler
+
+
+def _install_hooks() -> None:
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(unlink_all)
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread; atexit remains
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+        if previous in (signal.SIG_IGN, None):
+            continue
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(signum, _chain_signal(signum, previous))
+
+
+def _new_name() -> str:
+    return f"/relay_{os.getpid()}_{secrets.token_hex(4)}"
+
+
+def _create_segment(size: int) -> tuple[str, mmap.mmap]:
+    _install_hooks()
+    for _ in range(8):
+        name = _new_name()
+        with _linked_lock:
+            _linked[name] = "shm"
+        try:
+            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
+        except posix_ipc.ExistentialError:
+            _forget(name, unlink=False)
+            continue
+        except (posix_ipc.Error, OSError, ValueError) as exc:
+            _forget(name, unlink=False)
+            raise TransportError(f"cannot create a shared-memory segment of {size} bytes: "
+                                 f"{exc}") from exc
+        try:
+            return name, mmap.mmap(shm.fd, size)
+        except (OSError, ValueError) as exc:
+            _forget(name, unlink=True)
+            raise TransportError(f"cannot map a shared-memory segment of {size} bytes: "
+                                 f"{exc}") from exc
+        finally:
+            shm.close_fd()
+    raise TransportError("cannot find a free shared-memory segment name")
+
+
+def _create_semaphore() -> tuple[str, posix_ipc.Semaphore]:
+    _install_hooks()
+    for _ in range(8):
+        name = _new_name()
+        with _linked_lock:
+            _linked[name] = "sem"
+        try:
+            return name, posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=0o600,
+                                             initial_value=0)
+        except posix_ipc.ExistentialError:
+            _forget(name, unlink=False)
+        except (posix_ipc.Error, OSError, ValueError) as exc:
+            _forget(name, unlink=False)
+            raise TransportError(f"cannot create a semaphore: {exc}") from exc
+    raise TransportError("cannot find a free semaphore name")
+
+
+def _open_segment(name: str, limit: int) -> mmap.mmap:
+    """Map the peer's segment ``name`` and unlink the name (we hold the mapping now)."""
+    if not isinstance(name, str) or not _OBJECT.match(name.lstrip("/")):
+        raise ConnectionLost(f"peer named an invalid segment {name!r}")
+    try:
+        shm = posix_ipc.SharedMemory(name)
+    except (posix_ipc.Error, OSError, ValueError) as exc:
+        raise ConnectionLost(f"cannot open the peer's segment {name}: {exc}") from exc
+    try:
+        if not HEADER + ALIGN <= shm.size <= limit:
+            raise ConnectionLost(f"peer's segment {name} has a bad size {shm.size}")
+        return mmap.mmap(shm.fd, shm.size)
+    except (OSError, ValueError) as exc:
+        raise ConnectionLost(f"cannot map the peer's segment {name}: {exc}") from exc
+    finally:
+        shm.close_fd()
+        _unlink(name, "shm")
+
+
+def _open_semaphore(name: str) -> posix_ipc.Semaphore:
+    if not isinstance(name, str) or not _OBJECT.match(name.lstrip("/")):
+        raise ConnectionLost(f"peer named an invalid semaphore {name!r}")
+    try:
+        return posix_ipc.Semaphore(name)
+    except (posix_ipc.Error, OSError, ValueError) as exc:
+        raise ConnectionLost(f"cannot open the peer's semaphore {name}: {exc}") from exc
+    finally:
+        _unlink(name, "sem")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def sweep_orphans(directory: Path = _SHM_DIR) -> list[str]:
+    """Unlink relay's segments and semaphores whose creating process is dead.
+
+    Looks at ``directory`` (``/dev/shm``; on systems without it, such as
+    macOS, there is nothing to list and nothing is done) for
+    ``relay_<pid>_<hex>`` and ``sem.relay_<pid>_<hex>``; an entry is removed
+    only if no process ``pid`` exists.  Entries of live processes (and of
+    other users, which cannot be removed) are left alone.
+
+    Returns:
+        The removed entry names, e.g. ``["relay_4242_0a1b2c3d"]``.
+    """
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _OBJECT.match(entry.name)
+        if match is None or _pid_alive(int(match.group(1))):
+            continue
+        try:
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(entry.name)
+    return removed
+
+
+# ---------------------------------------------------------------------------
+# Rendezvous socket path.
+
+
+def _runtime_dir() -> Path:
+    base = os.environ.get("RELAY_SHM_DIR") or os.environ.get("XDG_RUNTIME_DIR")
+    if not base or not os.path.isdir(base):
+        base = tempfile.gettempdir()
+    directory = Path(base) / f"relay-{os.getuid()}"
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        info = directory.lstat()
+    except OSError as exc:
+        raise TransportError(f"cannot create the rendezvous directory {directory}: "
+                             f"{exc}") from exc
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise TransportError(f"{directory} is not a directory owned by this user")
+    return directory
+
+
+def socket_path(name: str) -> Path:
+    """The UNIX socket a listener of ``shm://name`` binds (hashed if the path is long)."""
+    if not _NAME.match(name):
+        raise InvalidURL(f"shm://{name}",
+                         "the name must be 1-100 characters of letters, digits, '.', '_', '-'")
+    directory = _runtime_dir()
+    path = directory / f"{name}.sock"
+    if len(os.fsencode(path)) > 100:
+        path = directory / f"{hashlib.sha256(name.encode()).hexdigest()[:24]}.sock"
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Options.
+
+
+def _options(url: URL) -> tuple[int, float]:
+    try:
+        size = int(url.query.get("segment_size", DEFAULT_SEGMENT_SIZE))
+        spin = float(url.query.get("spin", DEFAULT_SPIN_US))
+    except ValueError as exc:
+        raise ConfigError(f"bad shm option in {url.render()}: {exc}") from exc
+    if size < 4096 or spin < 0:
+        raise ConfigError("segment_size must be >= 4096 bytes and spin >= 0 µs")
+    return _align(size), (spin * 1e-6 if _STRONG_ORDER else 0.0)
+
+
+def _max_segment(limit: int) -> int:
+    """Largest segment a peer may announce for messages of ``limit`` bytes (a sanity bound)."""
+    return HEADER + 4 * limit + (64 << 20)
+
+
+_U64 = struct.Struct("<Q")
+_STRUCTS: dict[int, struct.Struct] = {}
+_SEM_VALUE = bool(posix_ipc.SEMAPHORE_VALUE_SUPPORTED)
+
+
+def _words(count: int) -> struct.Struct:
+    """The struct of a record's frame table: the count, then ``count`` lengths."""
+    packer = _STRUCTS.get(count)
+    if packer is None:
+        packer = _STRUCTS[count] = struct.Struct(f"<{count + 1}Q")
+    return packer
+
+
+def _frame_view(frame: Buffer) -> memoryview:
+    view = memoryview(frame)
+    if view.ndim != 1 or view.format not in ("B", "b", "c"):
+        try:
+            view = view.cast("B")
+        except TypeError:
+            view = memoryview(view.tobytes())  # not C-contiguous: one extra copy
+    elif view.format != "B":
+        view = view.cast("B")
+    return view
+
+
+# ---------------------------------------------------------------------------
+# One direction of a channel.
+
+
+class _Segment:
+    """A mapped segment: the mmap, a byte view and a u64 view of the header."""
+
+    __slots__ = ("map", "view", "ctl", "capacity")
+
+    def __init__(self, mapping: mmap.mmap) -> None:
+        self.map = mapping
+        self.view = memoryview(mapping)
+        self.ctl = self.view[:HEADER].cast("Q")
+        self.capacity = len(mapping) - HEADER
+
+    def close(self) -> None:
+        self.ctl.release()
+        self.view.release()
+        try:
+            self.map.close()
+        except BufferError:
+            pass  # zero-copy frames still view it: unmapped when they are freed
+
+
+class ShmChannel:
+    """One end of an ``shm://`` connection (see the module docstring for the layout).
+
+    Use from one thread at a time (``close`` may come from any thread).
+    """
+
+    def __init__(self, sock: socket.socket, out_map: mmap.mmap, in_map: mmap.mmap,
+                 out_sem: posix_ipc.Semaphore, in_sem: posix_ipc.Semaphore,
+                 settings: Settings, *, spin: float, own_names: Sequence[str] = ()) -> None:
+        self._sock = sock
+        self._out = _Segment(out_map)
+        self._in = _Segment(in_map)
+        self._out_sem = out_sem
+        self._in_sem = in_sem
+        self._limit = settings.max_message_size
+        self._send_timeout = settings.timeout
+        self._zero_copy = settings.zero_copy
+        self._spin = spin
+        self._own_names = list(own_names)
+        self._wseq = 0
+        self._inflight: deque[tuple[int, int, int]] = deque()  # (seq, start, end)
+        self._rseq = 0
+        self._unreleased = False
+        self._closed = False
+        self._lost: str | None = None
+        self._old_in: list[_Segment] = []
+        self._granted = False
+        self._typical = spin / 2  # running typical wait for a message, seconds
+
+    # -- sending ----------------------------------------------------------
+
+    def send(self, frames: Sequence[Buffer]) -> None:
+        """Copy ``frames`` into the ring and wake the peer.
+
+        Raises:
+            MessageTooLarge: over ``settings.max_message_size`` (nothing sent).
+            ConnectionLost: the channel or the peer is closed.
+            Timeout: the peer has not released ring space within ``settings.timeout``.
+        """
+        if self._closed or self._lost is not None:
+            self._check_usable()
+        try:
+            views: list[Buffer] = []
+            sizes: list[int] = []
+            size = record = 0
+            for frame in frames:
+                kind = type(frame)
+                if kind is bytes or kind is bytearray:
+                    n = len(frame)
+                elif kind is memoryview and frame.format == "B" and frame.c_contiguous:
+                    n = frame.nbytes
+                else:
+                    frame = _frame_view(frame)
+                    n = frame.nbytes
+                views.append(frame)
+                sizes.append(n)
+                size += n
+                record += (n + ALIGN - 1) & -ALIGN
+            if size > self._limit:
+                raise MessageTooLarge(size, self._limit)
+            out = self._out
+            if out.ctl[_R_CLOSED]:
+                raise self._lose("the peer closed the shm channel")
+            head = (8 * (1 + len(sizes)) + ALIGN - 1) & -ALIGN
+            record += head
+            if record > out.capacity:
+                self._grow(record)
+                out = self._out
+            start = self._place(record)
+            base = HEADER + start
+            _words(len(sizes)).pack_into(out.map, base, len(sizes), *sizes)
+            pos = base + head
+            view = out.view
+            for frame, n in zip(views, sizes, strict=True):
+                if n:
+                    view[pos:pos + n] = frame
+                pos += (n + ALIGN - 1) & -ALIGN
+            self._publish(start, record, KIND_MESSAGE)
+            self._out_sem.release()
+        except ValueError:  # a view released by a concurrent close()
+            if self._closed:
+                raise ConnectionLost("the shm channel was closed") from None
+            raise
+        except (posix_ipc.Error, OSError) as exc:
+            raise self._lose(f"cannot wake the shm peer: {exc}") from exc
+
+    def _publish(self, start: int, record: int, kind: int) -> None:
+        ctl = self._out.ctl
+        slot = _SLOT0 + 4 * (self._wseq % SLOTS)
+        ctl[slot] = start
+        ctl[slot + 1] = record
+        ctl[slot + 2] = kind
+        self._inflight.append((self._wseq, start, start + record))
+        self._wseq += 1
+        ctl[_W_SEQ] = self._wseq  # the store that makes the record visible
+
+    def _place(self, record: int) -> int:
+        """Offset in the data area where ``record`` bytes fit now (waits for space)."""
+        delay = 0.0
+        deadline: float | None = None
+        while True:
+            released = self._out.ctl[_R_SEQ]
+            inflight = self._inflight
+            while inflight and inflight[0][0] < released:
+                inflight.popleft()
+            cap = self._out.capacity
+            if not inflight:
+                return 0
+            if self._wseq - released < SLOTS:
+                first, last = inflight[0][1], inflight[-1][2]
+                if last > first:  # one run [first, last): room after it, or before it
+                    if cap - last >= record:
+                        return last
+                    if first >= record:
+                        return 0
+                elif first - last >= record:  # wrapped: the gap [last, first)
+                    return last
+            if deadline is None:
+                deadline = time.monotonic() + self._send_timeout
+            delay = self._wait_for_reader(deadline, delay)
+
+    def _wait_for_reader(self, deadline: float, delay: float) -> float:
+        """Back off while the reader frees ring space; check for peer death."""
+        if self._out.ctl[_R_CLOSED]:
+            raise self._lose("the peer closed the shm channel")
+        now = time.monotonic()
+        if now >= deadline:
+            raise Timeout(f"the shm peer released no ring space within {self._send_timeout} s")
+        if delay == 0.0:
+            os.sched_yield()
+            return 1e-5
+        self._check_peer_alive()
+        time.sleep(min(delay, max(deadline - now, 0.0)))
+        return min(delay * 2, 0.005)
+
+    def _grow(self, record: int) -> None:
+        """Move the writer to a new segment big enough for ``record`` bytes."""
+        capacity = max(2 * self._out.capacity, _align(record))
+        name, mapping = _create_segment(HEADER + capacity)
+        self._own_names.append(name)
+        payload = name.encode()
+        words = struct.pack("<2Q", HEADER + capacity, len(payload)) + payload
+        grow_record = _align(len(words))
+        try:
+            start = self._place(grow_record)
+        except BaseException:
+            mapping.close()
+            _forget(name, unlink=True)
+            raise
+        self._out.view[HEADER + start:HEADER + start + len(words)] = words
+        self._publish(start, grow_record, KIND_GROW)
+        self._out.close()
+        self._out = _Segment(mapping)
+        self._wseq = 0
+        self._inflight.clear()
+
+    # -- receiving --------------------------------------------------------
+
+    def recv(self, timeout: float | None = None) -> list[Buffer]:
+        """Wait up to ``timeout`` seconds (None: forever) for the next message.
+
+        Returns fresh ``bytearray`` frames, or ``memoryview`` s into the ring
+        valid until the next ``recv`` when the channel has ``zero_copy``.
+
+        Raises:
+            Timeout: nothing arrived in time (the channel stays usable).
+            ConnectionLost: the peer closed or died, or sent a malformed or
+                oversized record (the connection is dropped then).
+        """
+        if self._closed or self._lost is not None:
+            self._check_usable()
+        try:
+            seg = self._in
+            if self._unreleased:
+                self._unreleased = False
+                seg.ctl[_R_SEQ] = self._rseq
+            while True:
+                if not (_STRONG_ORDER and seg.ctl[_W_SEQ] > self._rseq and self._hint()):
+                    if not self._wait(seg, timeout):
+                        raise Timeout(f"no shm message within {timeout} s")
+                ctl = seg.ctl
+                slot = _SLOT0 + 4 * (self._rseq % SLOTS)
+                if ctl[slot + 2] == KIND_MESSAGE:
+                    return self._read(seg, ctl[slot], ctl[slot + 1])
+                if ctl[slot + 2] != KIND_GROW:
+                    raise self._lose(f"malformed shm record kind {ctl[slot + 2]}")
+                seg = self._switch(seg, ctl[slot], ctl[slot + 1])
+        except ValueError:  # a view released by a concurrent close()
+            if self._closed:
+                raise ConnectionLost("the shm channel was closed") from None
+            raise
+
+    def _hint(self) -> bool:
+        """Consume the semaphore post of a message seen without waiting; True."""
+        if self._granted:
+            self._granted = False  # one post covered the grow record and its message
+        elif not _SEM_VALUE or self._in_sem.value:
+            with contextlib.suppress(posix_ipc.BusyError, posix_ipc.SignalError):
+                self._in_sem.acquire(0)
+        return True
+
+    def _wait(self, seg: _Segment, timeout: float | None) -> bool:
+        """True once message ``self._rseq`` is published; False on timeout.
+
+        Spins (with ``sched_yield``) for an adaptive budget: twice the recent
+        typical wait, at most ``spin`` seconds, and not at all when messages
+        usually take longer than that; then blocks on the semaphore in
+        slices of :data:`SLICE` seconds, checking for a dead peer in between.
+        """
+        ctl = seg.ctl
+        want = self._rseq
+        if self._granted and ctl[_W_SEQ] > want:
+            self._granted = False
+            return True
+        began = time.perf_counter()
+        budget = 2.0 * self._typical
+        if budget > self._spin:
+            budget = self._spin if self._typical < 4 * self._spin else 0.0
+        if budget:
+            end = began + budget
+            polite = began + PURE_SPIN
+            clock = time.perf_counter
+            while True:
+                if ctl[_W_SEQ] > want:
+                    self._learn(clock() - began)
+                    return self._hint()
+                now = clock()
+                if now >= end:
+                    break
+                if now >= polite:
+                    os.sched_yield()  # let the peer (or anyone) have this core
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sem = self._in_sem
+        while True:
+            if _STRONG_ORDER and ctl[_W_SEQ] > want:
+                self._learn(time.perf_counter() - began)
+                return True
+            if ctl[_W_CLOSED]:
+                if ctl[_W_SEQ] > want:
+                    return True
+                raise self._lose("the peer closed the shm channel")
+            if deadline is None:
+                wait = SLICE
+            else:
+                wait = min(deadline - time.monotonic(), SLICE)
+                if wait <= 0:
+                    self._check_peer_alive()
+                    self._learn(time.perf_counter() - began)
+                    return False
+            try:
+                sem.acquire(wait)
+            except posix_ipc.BusyError:
+                self._check_peer_alive()
+                continue
+            except posix_ipc.SignalError:
+                continue  # the Python-level handler runs at the next bytecode
+            except (posix_ipc.Error, OSError) as exc:
+                raise self._lose(f"waiting on the semaphore failed: {exc}") from exc
+            if not _STRONG_ORDER and ctl[_W_SEQ] > want:
+                return True
+
+    def _learn(self, waited: float) -> None:
+        """Fold one wait (seconds) into the running typical wait (EWMA, weight 1/8)."""
+        self._typical += (min(waited, 0.01) - self._typical) * 0.125
+
+    def _read(self, seg: _Segment, start: int, length: int) -> list[Buffer]:
+        if start + length > seg.capacity or length < 8:
+            raise self._lose("malformed shm record: outside the segment")
+        base = HEADER + start
+        count = _U64.unpack_from(seg.map, base)[0]
+        head = (8 * (1 + count) + ALIGN - 1) & -ALIGN
+        if head > length:
+            raise self._lose("malformed shm record: frame table larger than the record")
+        sizes = _words(count).unpack_from(seg.map, base)[1:]
+        total = aligned = 0
+        for n in sizes:
+            total += n
+            aligned += (n + ALIGN - 1) & -ALIGN
+        if total > self._limit:
+            raise self._lose(f"the peer sent a message of {total} bytes, over "
+                             f"max_message_size={self._limit} bytes; connection dropped")
+        if head + aligned > length:
+            raise self._lose("malformed shm record: frames larger than the record")
+        view = seg.view
+        pos = base + head
+        frames: list[Buffer] = []
+        self._rseq += 1
+        if self._zero_copy:
+            for n in sizes:
+                frames.append(view[pos:pos + n])
+                pos += (n + ALIGN - 1) & -ALIGN
+            self._unreleased = True
+        else:
+            for n in sizes:
+                frames.append(bytearray(view[pos:pos + n]))
+                pos += (n + ALIGN - 1) & -ALIGN
+            seg.ctl[_R_SEQ] = self._rseq
+        return frames
+
+    def _switch(self, seg: _Segment, start: int, length: int) -> _Segment:
+        if start + length > seg.capacity or length < 16:
+            raise self._lose("malformed shm grow record")
+        size, n = struct.unpack_from("<2Q", seg.map, HEADER + start)
+        if n > length - 16:
+            raise self._lose("malformed shm grow record")
+        name = bytes(seg.view[HEADER + start + 16:HEADER + start + 16 + n]).decode(
+            "ascii", "replace")
+        if size > _max_segment(self._limit):
+            raise self._lose(f"the peer's new segment of {size} bytes is over the limit")
+        try:
+            new = _Segment(_open_segment(name, _max_segment(self._limit)))
+        except ConnectionLost as exc:
+            raise self._lose(str(exc)) from exc
+        self._rseq += 1
+        seg.ctl[_R_SEQ] = self._rseq
+        self._old_in.append(seg)  # zero-copy frames of the last message may view it
+        self._in = new
+        self._rseq = 0
+        self._granted = True  # the writer posted once for the grow and its message
+        return new
+
+    # -- state ------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise ConnectionLost("the shm channel is closed")
+        if self._lost is not None:
+            raise ConnectionLost(self._lost)
+
+    def _check_peer_alive(self) -> None:
+        """Raise ConnectionLost if the rendezvous socket shows EOF or an error."""
+        try:
+            data = self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (OSError, ValueError) as exc:
+            raise self._lose(f"the shm peer went away: {exc}") from exc
+        if not data:
+            raise self._lose("the shm peer went away (its socket closed)")
+
+    def _lose(self, reason: str) -> ConnectionLost:
+        self._lost = reason
+        return ConnectionLost(reason)
+
+    def close(self) -> None:
+        """Tell the peer, release the mappings, semaphores and socket; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(ValueError, IndexError, TypeError):
+            self._out.ctl[_W_CLOSED] = 1
+            self._in.ctl[_R_CLOSED] = 1
+        with contextlib.suppress(posix_ipc.Error, OSError):
+            self._out_sem.release()
+        for name in self._own_names:
+            _forget(name, unlink=True)
+        for sem in (self._out_sem, self._in_sem):
+            with contextlib.suppress(posix_ipc.Error, OSError):
+                sem.close()
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        for seg in (self._out, self._in, *self._old_in):
+            seg.close()
+        self._old_in.clear()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            if not self._closed:
+                self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "lost" if self._lost else "open"
+        return f"<ShmChannel {state} out={self._out.capacity} in={self._in.capacity}>"
+
+
+# ---------------------------------------------------------------------------
+# Handshake helpers.
+
+
+def _recv_line(sock: socket.socket, deadline: float) -> dict[str, Any]:
+    data = b""
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise Timeout("shm handshake timed out")
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(HELLO_LIMIT)
+        except TimeoutError:
+            raise Timeout("shm handshake timed out") from None
+        if not chunk:
+            raise ConnectionLost("the shm peer closed during the handshake")
+        data += chunk
+        if len(data) > HELLO_LIMIT:
+            raise ConnectionLost("shm handshake line too long")
+    try:
+        message = json.loads(data)
+    except ValueError as exc:
+        raise ConnectionLost(f"bad shm handshake: {exc}") from exc
+    if not isinstance(message, dict):
+        raise ConnectionLost("bad shm handshake: not an object")
+    return message
+
+
+def _send_line(sock: socket.socket, message: dict[str, Any]) -> None:
+    sock.sendall(json.dumps(message).encode() + b"\n")
+
+
+@contextlib.contextmanager
+def _native(what: str, error: type[TransportError] = ConnectionLost) -> Iterator[None]:
+    try:
+        yield
+    except TransportError:
+        raise
+    except (OSError, posix_ipc.Error) as exc:
+        raise error(f"{what}: {exc}") from exc
+
+
+class ShmListener:
+    """Accepts ``shm://NAME`` clients on a UNIX socket; each gets its own segments."""
+
+    def __init__(self, name: str, settings: Settings, spin: float) -> None:
+        self._name = name
+        self._settings = settings
+        self._spin = spin
+        self._path = socket_path(name)
+        _install_hooks()
+        sweep_orphans()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._bind()
+        except BaseException:
+            self._sock.close()
+            raise
+        self._inode = os.stat(self._path).st_ino
+        self._closed = False
+
+    def _bind(self) -> None:
+        path = str(self._path)
+        try:
+            self._sock.bind(path)
+        except OSError as exc:
+            if not os.path.exists(path):
+                raise TransportError(f"cannot bind {path}: {exc}") from exc
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.settimeout(1.0)
+                probe.connect(path)
+            except OSError:  # nobody there: the socket of a dead process
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                with _native(f"cannot bind {path}", TransportError):
+                    self._sock.bind(path)
+            else:
+                raise InvalidURL(f"shm://{self._name}",
+                                 "already listened on by another process") from None
+            finally:
+                probe.close()
+        os.chmod(path, 0o600)
+        self._sock.listen(64)
+        self._sock.setblocking(False)
+
+    @property
+    def address(self) -> URL:
+        return URL("shm", self._name)
+
+    def accept(self, timeout: float | None = None) -> ShmChannel:
+        """Wait up to ``timeout`` seconds for a client and finish its handshake.
+
+        A client that fails its handshake is dropped and waiting goes on.
+
+        Raises:
+            Timeout: no client in time.  ConnectionLost: the listener is closed.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._closed:
+                raise ConnectionLost("the shm listener is closed")
+            wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                readable, _, _ = select.select([self._sock], [], [], wait)
+            except (OSError, ValueError) as exc:
+                raise ConnectionLost(f"the shm listener is closed: {exc}") from exc
+            if not readable:
+                raise Timeout(f"no shm client within {timeout} s")
+            try:
+                conn, _ = self._sock.accept()
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if self._closed:
+                    raise ConnectionLost("the shm listener is closed") from exc
+                continue
+            try:
+                return self._handshake(conn)
+            except (TransportError, OSError, posix_ipc.Error):
+                conn.close()
+
+    def _handshake(self, conn: socket.socket) -> ShmChannel:
+        hello = _recv_line(conn, time.monotonic() + self._settings.connect_timeout)
+        if hello.get("protocol") != PROTOCOL:
+            _send_line(conn, {"error": f"expected {PROTOCOL}"})
+            raise ConnectionLost("shm client speaks another protocol")
+        # The client's c2s ring is our input, its s2c ring our output.
+        limit = _max_segment(self._settings.max_message_size)
+        opened: list[Any] = []
+        try:
+            in_map = _open_segment(hello.get("c2s"), limit)
+            opened.append(in_map)
+            out_map = _open_segment(hello.get("s2c"), limit)
+            opened.append(out_map)
+            in_sem = _open_semaphore(hello.get("sem_c2s"))
+            opened.append(in_sem)
+            out_sem = _open_semaphore(hello.get("sem_s2c"))
+            opened.append(out_sem)
+            _send_line(conn, {"ok": True, "pid": os.getpid()})
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                _send_line(conn, {"error": str(exc)})
+            for item in opened:
+                item.close()
+            raise
+        conn.settimeout(None)
+        return ShmChannel(conn, out_map, in_map, out_sem, in_sem, self._settings,
+                          spin=self._spin)
+
+    def close(self) -> None:
+        """Stop listening and remove the socket file (if it is still ours); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        with contextlib.suppress(OSError):
+            if os.stat(self._path).st_ino == self._inode:
+                os.unlink(self._path)
+
+
+class ShmTransport:
+    """``shm://NAME``: shared memory between processes of one machine.
+
+    ``shm://0`` listens on a fresh unique name (read it from ``address``).
+    Options: ``?segment_size=BYTES`` and ``?spin=MICROSECONDS``.
+    """
+
+    schemes = ("shm",)
+
+    def listen(self, url: URL, settings: Settings) -> ShmListener:
+        _, spin = _options(url)
+        name = url.address
+        if name == "0":
+            name = f"anon-{os.getpid()}-{secrets.token_hex(4)}"
+        return ShmListener(name, settings, spin)
+
+    def connect(self, url: URL, settings: Settings, *, timeout: float) -> ShmChannel:
+        """Connect to the listener of ``url`` and create this connection's segments.
+
+        Retries until ``timeout`` seconds while nobody listens yet.
+
+        Raises:
+            ConnectError: nobody listens within ``timeout``, or the handshake failed.
+        """
+        size, spin = _options(url)
+        path = str(socket_path(url.address))
+        deadline = time.monotonic() + timeout
+        sock = self._dial(path, url, deadline)
+        names: list[str] = []
+        maps: list[mmap.mmap] = []
+        sems: list[posix_ipc.Semaphore] = []
+        try:
+            for _ in range(2):
+                name, mapping = _create_segment(HEADER + size)
+                names.append(name)
+                maps.append(mapping)
+            for _ in range(2):
+                name, sem = _create_semaphore()
+                names.append(name)
+                sems.append(sem)
+            with _native("shm handshake failed", ConnectError):
+                _send_line(sock, {"protocol": PROTOCOL, "pid": os.getpid(), "size": size,
+                                  "c2s": names[0], "s2c": names[1],
+                                  "sem_c2s": names[2], "sem_s2c": names[3]})
+                try:
+                    answer = _recv_line(sock, deadline)
+                except Timeout:
+                    raise ConnectError(f"no shm handshake answer from {url.render()} "
+                                       f"within {timeout} s") from None
+                except ConnectionLost as exc:
+                    raise ConnectError(f"shm handshake with {url.render()} failed: "
+                                       f"{exc}") from exc
+            if not answer.get("ok"):
+                raise ConnectError(f"shm server refused: {answer.get('error', answer)}")
+            sock.settimeout(None)
+        except BaseException:
+            for name in names:
+                _forget(name, unlink=True)
+            for mapping in maps:
+                mapping.close()
+            for sem in sems:
+                sem.close()
+            sock.close()
+            raise
+        for name in names:
+            _forget(name, unlink=True)  # the server has mapped them; unlinking is harmless
+        return ShmChannel(sock, maps[0], maps[1], sems[0], sems[1], settings, spin=spin)
+
+    @staticmethod
+    def _dial(path: str, url: URL, deadline: float) -> socket.socket:
+        delay = 0.005
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                sock.connect(path)
+                return sock
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                sock.close()
+                if time.monotonic() + delay > deadline:
+                    raise ConnectError(f"nobody listens on {url.render()} ({path})") from exc
+            except OSError as exc:
+                sock.close()
+                raise ConnectError(f"cannot connect to {url.render()}: {exc}") from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
