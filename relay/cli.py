@@ -149,3 +149,14 @@ def plugins() -> None:
         click.echo("plugins that failed to load:")
         for name, error in sorted(errors.items()):
             click.echo(f"  {name}: {error}")
+
+
+@main.command()
+def cleanup() -> None:
+    """Remove shared-memory segments (/dev/shm/relay_*) left by dead processes."""
+    from relay.transports.shm import sweep_orphans
+
+    removed = sweep_orphans()
+    for name in removed:
+        click.echo(f"removed /dev/shm/{name}")
+    click.echo(f"relay cleanup: {len(removed)} orphaned segment(s) removed")
