@@ -284,7 +284,7 @@ class Case:
 CASES: dict[str, Case] = {}
 """Registered cases by name, in registration order."""
 
-CASE_MODULES: list[str] = []
+CASE_MODULES: list[str] = ["relay.transports.ws_bench"]
 """Modules imported before a run so that their ``@bench_case`` functions register."""
 
 LISTEN_URLS: dict[str, str] = {

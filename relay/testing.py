@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ from relay.core.plugins import get_transport
 from relay.core.url import URL, make_url
 from relay.transports.base import Channel, Listener
 
-__all__ = ["TransportCompliance"]
+__all__ = ["TransportCompliance", "make_certificate"]
 
 
 class TransportCompliance:
@@ -174,3 +175,49 @@ class TransportCompliance:
         with pytest.raises(ConnectError):
             get_transport(url.scheme).connect(url, settings, timeout=1.0)
         assert time.monotonic() - start < 3.0
+
+
+def make_certificate(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+                     ) -> tuple[Path, Path]:
+    """Write a self-signed TLS certificate for ``hosts`` into ``directory``.
+
+    For tests of TLS transports (``wss://``, ``grpcs://``): the certificate is
+    its own CA, so clients trust it by loading it as their CA file.  Valid for
+    one day, EC P-256 key.  Needs the ``cryptography`` package (test extra).
+
+    Returns:
+        ``(certfile, keyfile)``: PEM files.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relay test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    certfile, keyfile = Path(directory) / "cert.pem", Path(directory) / "key.pem"
+    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    keyfile.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return certfile, keyfile

@@ -1,0 +1,108 @@
+"""Benchmark rows for the WebSocket transport (imported by :mod:`relay.bench`).
+
+* ``raw websockets``: a ping-pong with the websockets library alone (sync API,
+  no compression, server in a separate process) of the very bytes relay puts
+  on the wire for one step: the msgpack frames of ``Step`` and ``Transition``
+  in relay's WebSocket framing.  It is the baseline of the ``relay ws://`` and
+  ``relay wss://`` rows.
+* ``relay wss://`` gets a listen URL with a self-signed certificate made here
+  (only if the ``cryptography`` package is installed).
+
+Server process: ``python -m relay.transports.ws_bench ws://127.0.0.1:0``
+prints its address, then answers every message with the reply bytes of the
+payload named by the client's first message.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from relay.bench import (
+    BASELINES,
+    LISTEN_URLS,
+    CaseResult,
+    Payload,
+    Unavailable,
+    bench_case,
+    spawn_server,
+    time_calls,
+)
+from relay.transports.ws import pack_header
+
+RAW = "raw websockets"
+
+
+def framed(frames: Sequence[bytes]) -> bytes:
+    """One WebSocket message holding relay frames (relay/transports/ws.py framing)."""
+    return pack_header([len(f) for f in frames]) + b"".join(frames)
+
+
+@bench_case(RAW, group="raw")
+def raw_websockets(payloads: Sequence[Payload], steps: int) -> CaseResult:
+    import websockets.sync.client as ws_client
+
+    argv = [sys.executable, "-m", "relay.transports.ws_bench", "ws://127.0.0.1:0"]
+    with spawn_server(argv) as address:
+        for payload in payloads:
+            request = framed(payload.wire_frames()[0])
+            with ws_client.connect(address, compression=None, max_size=None, proxy=None) as ws:
+                ws.send(payload.name)
+                if ws.recv(timeout=30) != "ok":
+                    raise Unavailable("raw websockets server did not answer")
+
+                def round_trip(ws=ws, request=request) -> None:  # type: ignore[no-untyped-def]
+                    ws.send(request)
+                    ws.recv()
+
+                yield payload.name, time_calls(round_trip, steps)
+
+
+def _serve(url: str) -> None:
+    import websockets.sync.server as ws_server
+
+    from relay.bench import PAYLOADS
+
+    replies = {name: framed(p.wire_frames()[1]) for name, p in PAYLOADS.items()}
+
+    def handler(ws) -> None:  # type: ignore[no-untyped-def]
+        reply = replies[ws.recv()]
+        ws.send("ok")
+        for _ in ws:
+            ws.send(reply)
+
+    host, port = url.removeprefix("ws://").split(":")
+    with ws_server.serve(handler, host, int(port), compression=None, max_size=None) as server:
+        print(f"ws://{host}:{server.socket.getsockname()[1]}", flush=True)
+        server.serve_forever()
+
+
+def _tls_listen_url() -> str | None:
+    try:
+        from relay.testing import make_certificate
+    except ImportError:
+        return None
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        return None
+    directory = Path(tempfile.mkdtemp(prefix="relay-bench-tls-"))
+    certfile, keyfile = make_certificate(directory)
+    return f"wss://127.0.0.1:0?certfile={certfile}&keyfile={keyfile}&cafile={certfile}"
+
+
+BASELINES.setdefault("ws", RAW)
+BASELINES.setdefault("wss", RAW)
+if "wss" not in LISTEN_URLS:
+    _url = _tls_listen_url()
+    if _url is not None:
+        LISTEN_URLS["wss"] = _url
+
+
+if __name__ == "__main__":
+    try:
+        _serve(sys.argv[1])
+    except KeyboardInterrupt:
+        pass
