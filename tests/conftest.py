@@ -20,6 +20,7 @@ def free_port() -> int:
 # (a plugin not installed) is skipped with the reason.
 TRANSPORT_URLS = [
     "memory://0",
+    "shm://0",
     "zmq+tcp://127.0.0.1:0",
     "zmq+ipc://{tmp}/relay.sock",
     "tcp://127.0.0.1:0",
