@@ -177,6 +177,9 @@ PAYLOADS: dict[str, Payload] = {
     "M": Payload("M", "84x84x4 uint8", FIXED_OBS_ID, {"shape": [84, 84, 4], "dtype": "uint8"}),
     "L": Payload("L", "3x224x224 uint8", FIXED_OBS_ID,
                  {"shape": [3, 224, 224], "dtype": "uint8"}),
+    # not in the default S,M,L: the issue-4 target (msgpack vs dm_env_rpc) is about floats
+    "F": Payload("F", "3x224x224 float32", FIXED_OBS_ID,
+                 {"shape": [3, 224, 224], "dtype": "float32"}),
 }
 
 
@@ -284,7 +287,7 @@ class Case:
 CASES: dict[str, Case] = {}
 """Registered cases by name, in registration order."""
 
-CASE_MODULES: list[str] = ["relay.transports.ws_bench"]
+CASE_MODULES: list[str] = ["relay.transports.ws_bench", "relay.compat.dm_env_rpc.bench"]
 """Modules imported before a run so that their ``@bench_case`` functions register."""
 
 LISTEN_URLS: dict[str, str] = {

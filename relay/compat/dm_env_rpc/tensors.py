@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,7 @@ _RAW_PAYLOADS = frozenset({"floats", "doubles", "int8s", "uint8s"})
 """Payloads whose wire form is the raw little-endian array (packed fixed-width or bytes)."""
 _TENSOR_FIELDS = {f.name: f.number for f in pb.Tensor.DESCRIPTOR.fields}
 _SHAPE_TAG = bytes([(_TENSOR_FIELDS["shape"] << 3) | 2])
+_PAYLOAD_TAGS = {name: bytes([(number << 3) | 2]) for name, number in _TENSOR_FIELDS.items()}
 _TEXT_CHARSET = string.printable
 
 
@@ -91,20 +92,27 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def tensor_bytes(array: np.ndarray, payload: str) -> bytes:
+def shape_bytes(shape: Sequence[int]) -> bytes:
+    """The serialized ``shape`` field of a ``Tensor`` (empty for a scalar)."""
+    if not shape:
+        return b""
+    dims = b"".join(_varint(d) for d in shape)
+    return _SHAPE_TAG + _varint(len(dims)) + dims
+
+
+def tensor_bytes(array: np.ndarray, payload: str, shape: bytes | None = None) -> bytes:
     """The serialized ``Tensor`` of ``array`` (a raw payload) with its shape.
 
     ``array`` must already have the payload's dtype; the bytes are what
     ``tensor_utils.pack_tensor`` would give, without a Python list in between.
+    ``shape`` is :func:`shape_bytes` of the array's shape, when known.
     """
-    data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False)
-    raw = data.tobytes()
-    inner = b"\x0a" + _varint(len(raw)) + raw if raw else b""
-    out = bytes([(_TENSOR_FIELDS[payload] << 3) | 2]) + _varint(len(inner)) + inner
-    if array.shape:
-        dims = b"".join(_varint(d) for d in array.shape)
-        out += _SHAPE_TAG + _varint(len(dims)) + dims
-    return out
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    raw = array.tobytes()  # C order, whatever the strides
+    inner = b"".join((b"\x0a", _varint(len(raw)), raw)) if raw else b""
+    return b"".join((_PAYLOAD_TAGS[payload], _varint(len(inner)), inner,
+                     shape_bytes(array.shape) if shape is None else shape))
 
 
 def flat_payload(tensor: pb.Tensor, payload: str, dtype: np.dtype) -> np.ndarray:
@@ -133,6 +141,7 @@ class _Leaf:
     low: np.ndarray | None
     high: np.ndarray | None
     spec: pb.TensorSpec
+    shape_bytes: bytes
 
 
 def _leaves(space: gs.Space[Any], path: tuple[str | int, ...]) -> Iterable[tuple[Any, ...]]:
@@ -222,6 +231,7 @@ class Layout:
                 payload="strings" if wire is None else _PAYLOAD[wire], shape=shape,
                 low=None if low is None else np.asarray(low, dtype=wire),
                 high=None if high is None else np.asarray(high, dtype=wire), spec=spec,
+                shape_bytes=shape_bytes(shape),
             ))
         names = [leaf.name for leaf in self.leaves]
         if len(set(names)) != len(names):
@@ -255,7 +265,7 @@ class Layout:
             if array.shape != leaf.shape:
                 raise CodecError(f"{leaf.name!r} has shape {array.shape}, its spec {leaf.shape}")
             if leaf.payload in _RAW_PAYLOADS:
-                target[uid].MergeFromString(tensor_bytes(array, leaf.payload))
+                target[uid].MergeFromString(tensor_bytes(array, leaf.payload, leaf.shape_bytes))
             else:
                 target[uid].CopyFrom(tensor_utils.pack_tensor(array, dtype=leaf.wire))
 
@@ -306,10 +316,10 @@ class Layout:
             raise TensorError(f"tensor {leaf.name!r} (uid {uid}) has {flat.size} elements, "
                               f"its spec shape {list(leaf.shape)} needs {count}")
         if check:
-            if leaf.low is not None and np.any(array < leaf.low):
+            if leaf.low is not None and (array < leaf.low).any():
                 raise TensorError(f"tensor {leaf.name!r} (uid {uid}) is below its minimum "
                                   f"{leaf.low.tolist()}: {array.tolist()}")
-            if leaf.high is not None and np.any(array > leaf.high):
+            if leaf.high is not None and (array > leaf.high).any():
                 raise TensorError(f"tensor {leaf.name!r} (uid {uid}) is above its maximum "
                                   f"{leaf.high.tolist()}: {array.tolist()}")
         return _to_space(leaf.space, array)
