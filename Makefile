@@ -22,8 +22,17 @@ $(VENV)/.installed-test: pyproject.toml $(wildcard plugins/*/pyproject.toml) | $
 demo: $(VENV)/.installed
 	$(BIN)/relay demo
 
+# The JavaScript client (clients/js) is installed and tested when node is present.
+NPM := $(shell command -v npm 2>/dev/null)
+
 test: $(VENV)/.installed-test
+ifneq ($(NPM),)
+	cd clients/js && npm ci --no-audit --no-fund
+endif
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+ifneq ($(NPM),)
+	cd clients/js && RELAY_PYTHON=$(abspath $(BIN)/python) npm test
+endif
 
 bench: $(VENV)/.installed-test
 	$(BIN)/relay bench
