@@ -109,10 +109,13 @@ def tensor_bytes(array: np.ndarray, payload: str, shape: bytes | None = None) ->
     """
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    raw = array.tobytes()  # C order, whatever the strides
-    inner = b"".join((b"\x0a", _varint(len(raw)), raw)) if raw else b""
-    return b"".join((_PAYLOAD_TAGS[payload], _varint(len(inner)), inner,
-                     shape_bytes(array.shape) if shape is None else shape))
+    data = memoryview(np.ascontiguousarray(array)).cast("B")  # C order, no copy if already
+    size = data.nbytes
+    head = _varint(size)
+    return b"".join((  # one copy of the array's bytes
+        _PAYLOAD_TAGS[payload], _varint(1 + len(head) + size if size else 0),
+        b"\x0a" if size else b"", head if size else b"", data,
+        shape_bytes(array.shape) if shape is None else shape))
 
 
 def flat_payload(tensor: pb.Tensor, payload: str, dtype: np.dtype) -> np.ndarray:
