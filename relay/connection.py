@@ -21,6 +21,7 @@ from relay.core.errors import (
     REMOTE_ERRORS,
     CodecError,
     ConnectionLost,
+    MessageTooLarge,
     ProtocolError,
     RemoteError,
     Timeout,
@@ -215,7 +216,12 @@ def serve_channel(
                 reply = codec.encode(session.answer(envelope.id, Error(
                     code="env", message=f"cannot send the answer: {exc}",
                     remote_type=type(exc).__name__)))
-            channel.send(reply)
+            try:
+                channel.send(reply)
+            except MessageTooLarge as exc:  # tell the client why instead of hanging up
+                channel.send(codec.encode(Envelope(envelope.id, Error(
+                    code="env", message=f"cannot send the answer: {exc}",
+                    remote_type="relay.core.errors.MessageTooLarge"))))
     except (ConnectionLost, Timeout, CodecError):
         return
     finally:

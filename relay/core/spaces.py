@@ -105,7 +105,15 @@ def build(description: Description) -> gs.Space[Any]:
 
 
 def _box(s: gs.Box) -> Description:
-    return {"low": s.low, "high": s.high, "shape": tuple(s.shape), "dtype": s.dtype.str}
+    return {"low": _bound(s.low), "high": _bound(s.high), "shape": tuple(s.shape),
+            "dtype": s.dtype.str}
+
+
+def _bound(bound: np.ndarray) -> Any:
+    """A uniform bound as one numpy scalar (a (8192, 8192) Box must not cost 128 MB)."""
+    if bound.size > 1 and (bound == bound.flat[0]).all():
+        return bound.flat[0]
+    return bound
 
 
 def _discrete(s: gs.Discrete) -> Description:
