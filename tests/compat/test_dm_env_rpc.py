@@ -98,6 +98,36 @@ class MixedEnv(gym.Env):
         return self._obs(), float(action["move"]), False, self.t >= self.length, {}
 
 
+class AllTypesEnv(gym.Env):
+    """The payload types MixedEnv lacks: uint32, uint64, bool and string tensors."""
+
+    observation_space = gs.Dict({
+        "u32": gs.Box(0, 10, (2,), np.uint32),
+        "u64": gs.Box(0, 2**40, (), np.uint64),
+        "flag": gs.Box(0, 1, (3,), np.bool_),
+        "name": gs.Text(8, min_length=0, charset="abcxyz"),
+    })
+    action_space = gs.Dict({
+        "on": gs.Box(0, 1, (2,), np.bool_),
+        "word": gs.Text(4, min_length=0, charset="xyz"),
+        "n": gs.Box(0, 100, (1,), np.uint32),
+    })
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.last = {"on": np.zeros(2, bool), "word": "", "n": np.zeros(1, np.uint32)}
+        return self._obs(), {}
+
+    def _obs(self):
+        n = int(self.last["n"][0])
+        return {"u32": np.array([n % 11, 3], np.uint32), "u64": np.uint64(2**40 - n),
+                "flag": np.array([*self.last["on"], True]), "name": "ab" + self.last["word"]}
+
+    def step(self, action):
+        self.last = action
+        return self._obs(), 0.5, False, False, {}
+
+
 class SlowEnv(MixedEnv):
     """Steps take ``delay`` seconds (a deadline test)."""
 
@@ -129,7 +159,8 @@ _ANY = gymnasium_factory(None)
 
 def factory(env_id: str | None, **kwargs: Any) -> gym.Env:
     """Any Gymnasium id, plus the test envs above by class name."""
-    test_envs = {"Mixed": MixedEnv, "Slow": SlowEnv, "Tracked": TrackedEnv}
+    test_envs = {"Mixed": MixedEnv, "AllTypes": AllTypesEnv, "Slow": SlowEnv,
+                 "Tracked": TrackedEnv}
     if env_id in test_envs:
         return test_envs[env_id](**kwargs)
     if env_id is None:
@@ -156,9 +187,13 @@ def _pack(value: Any, dtype: Any = None) -> pb.Tensor:
 
 
 def _valid_actions(specs: pb.ActionObservationSpecs) -> dict[int, pb.Tensor]:
-    """A valid tensor (the minimum) for every action of ``specs``."""
+    """A valid tensor (the minimum, False, "") for every action of ``specs``."""
     out = {}
     for uid, spec in specs.actions.items():
+        if spec.dtype in (pb.DataType.BOOL, pb.DataType.STRING):
+            value = tensor_utils.data_type_to_np_type(spec.dtype).type()
+            out[uid] = _pack(np.full(tuple(spec.shape), value), dtype=spec.dtype)
+            continue
         low = tensor_spec_utils.bounds(spec).min
         out[uid] = _pack(np.broadcast_to(low, tuple(spec.shape)), dtype=spec.dtype)
     return out
@@ -275,6 +310,10 @@ class TestStepMixed(TestStep):
     env_id = "Mixed"
 
 
+class TestStepAllTypes(TestStep):
+    env_id = "AllTypes"
+
+
 # -- dm_env's test mixin on a stock DmEnvAdaptor --------------------------------------------
 
 
@@ -299,6 +338,14 @@ class TestStockAdaptorMountainCar(TestStockAdaptor):
 
 class TestStockAdaptorMixed(TestStockAdaptor):
     env_id = "Mixed"
+
+
+class TestStockAdaptorAllTypes(TestStockAdaptor):
+    env_id = "AllTypes"
+
+
+class TestJoinLeaveWorldAllTypes(TestJoinLeaveWorld):
+    env_id = "AllTypes"
 
 
 # -- relay's server with stock clients: specs, episodes, errors, many clients -----------------
@@ -526,6 +573,30 @@ def test_cli_serves_dm_env_rpc(tmp_path):
             proc.kill()
 
 
+def test_relay_client_sees_a_killed_server_as_connection_lost():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay", "serve", "CartPole-v1", "--url",
+         "grpc://127.0.0.1:0?codec=dm_env_rpc"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        match = re.search(r"(grpc://\S+)", proc.stderr.readline())
+        assert match
+        env = relay.make(match.group(1), timeout=5)
+        env.reset(seed=0)
+        env.step(0)
+        proc.kill()
+        proc.wait(10)
+        started = time.monotonic()
+        with pytest.raises(relay.ConnectionLost):
+            env.step(0)
+        assert time.monotonic() - started < 5
+        with pytest.raises(relay.ConnectionLost):  # and every later call at once
+            env.step(0)
+        env.close()  # no error, no hang
+    finally:
+        proc.kill()
+
+
 # -- relay's clients against relay's dm_env_rpc server ----------------------------------------
 
 
@@ -571,6 +642,23 @@ def test_relay_client_mixed_spaces_and_errors(server):
             steps += 1
             done = terminated or truncated
         assert truncated and not terminated and steps == 4 and obs["count"] == 4
+    finally:
+        env.close()
+
+
+def test_relay_client_every_payload_type(server):
+    env = relay.make(str(server.address), "AllTypes")
+    try:
+        assert env.observation_space["u64"] == gs.Box(0, 2**40, (), np.uint64)
+        assert env.observation_space["flag"] == gs.Box(0, 1, (3,), np.bool_)
+        assert isinstance(env.observation_space["name"], gs.Text)
+        env.reset()
+        obs, reward, *_ = env.step({"on": np.array([True, False]), "word": "xy",
+                                    "n": np.array([7], np.uint32)})
+        assert obs["u32"].tolist() == [7, 3] and obs["u32"].dtype == np.uint32
+        assert obs["u64"] == 2**40 - 7 and obs["u64"].dtype == np.uint64
+        assert obs["flag"].tolist() == [True, False, True] and obs["name"] == "abxy"
+        assert reward == 0.5
     finally:
         env.close()
 
