@@ -1,0 +1,327 @@
+"""grpc:// and grpcs://: the transport compliance suite, TLS, limits, liveness, and
+the Gymnasium end-to-end checks of the core over grpc://."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from gymnasium.utils.env_match import check_environments_match
+
+import relay
+from relay.core.config import Settings
+from relay.core.errors import ConfigError, ConnectError, ConnectionLost, TransportError
+from relay.core.plugins import get_transport
+from relay.core.url import make_url
+from relay.testing import TransportCompliance
+from relay.transports.grpc import pack, unpack
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+def make_certificates(directory: Path) -> dict[str, Path]:
+    """A throwaway CA, a server certificate for 127.0.0.1/localhost and a client one."""
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=relay test CA", cwd=directory)
+    (directory / "san.ext").write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n"
+    )
+    for name in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+                 "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=directory)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-days", "2", "-out", f"{name}.pem",
+                 "-extfile", "san.ext", cwd=directory)
+    # a second, unrelated CA the server certificate does not chain to
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-keyout", "other.key", "-out", "other.pem", "-subj", "/CN=other CA", cwd=directory)
+    return {p.stem + p.suffix.replace(".", "_"): p for p in directory.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_certificates(tmp_path_factory.mktemp("certs"))
+
+
+class TestGrpc(TransportCompliance):
+    url = "grpc://127.0.0.1:0"
+    unreachable_url = "grpc://127.0.0.1:1"
+
+
+class TestGrpcs(TransportCompliance):
+    unreachable_url = "grpcs://127.0.0.1:1?ca=/nonexistent-is-not-read"
+
+    @pytest.fixture(autouse=True)
+    def _tls_url(self, certs: dict[str, Path]) -> None:
+        self.url = (f"grpcs://127.0.0.1:0?cert={certs['server_pem']}"
+                    f"&key={certs['server_key']}&ca={certs['ca_pem']}")
+        self.unreachable_url = f"grpcs://127.0.0.1:1?ca={certs['ca_pem']}"
+
+
+def test_pack_unpack_round_trip() -> None:
+    frames = [b"", b"abc", memoryview(np.arange(10, dtype=np.float32))]
+    out = unpack(pack(frames))
+    assert [bytes(f) for f in out] == [bytes(f) for f in frames]
+    with pytest.raises(ValueError):
+        unpack(pack(frames)[:-1])
+
+
+def test_tls_address_keeps_only_client_options(certs: dict[str, Path]) -> None:
+    url = make_url(f"grpcs://127.0.0.1:0?cert={certs['server_pem']}&key={certs['server_key']}"
+                   f"&ca={certs['ca_pem']}&timeout=3")
+    listener = get_transport("grpcs").listen(url, Settings())
+    try:
+        assert set(listener.address.query) == {"ca", "timeout"}
+        assert listener.address.port not in (None, 0)
+    finally:
+        listener.close()
+
+
+def test_tls_wrong_ca_is_connect_error(certs: dict[str, Path]) -> None:
+    url = make_url(f"grpcs://127.0.0.1:0?cert={certs['server_pem']}&key={certs['server_key']}")
+    listener = get_transport("grpcs").listen(url, Settings())
+    try:
+        bad = listener.address.with_options(ca=certs["other_pem"])
+        start = time.monotonic()
+        with pytest.raises(ConnectError):
+            get_transport("grpcs").connect(bad, Settings(), timeout=1.0)
+        assert time.monotonic() - start < 3.0
+    finally:
+        listener.close()
+
+
+def test_mutual_tls(certs: dict[str, Path]) -> None:
+    url = make_url(f"grpcs://127.0.0.1:0?cert={certs['server_pem']}&key={certs['server_key']}"
+                   f"&client_ca={certs['ca_pem']}&ca={certs['ca_pem']}")
+    transport = get_transport("grpcs")
+    listener = transport.listen(url, Settings())
+    try:
+        with pytest.raises(ConnectError):  # no client certificate
+            transport.connect(listener.address, Settings(), timeout=1.0)
+        with_cert = listener.address.with_options(cert=certs["client_pem"],
+                                                  key=certs["client_key"])
+        client = transport.connect(with_cert, Settings(), timeout=5.0)
+        server = listener.accept(5.0)
+        client.send([b"hello over mTLS"])
+        assert bytes(server.recv(5.0)[0]) == b"hello over mTLS"
+        client.close()
+        server.close()
+    finally:
+        listener.close()
+
+
+def test_grpcs_needs_a_certificate() -> None:
+    with pytest.raises(ConfigError):
+        get_transport("grpcs").listen(make_url("grpcs://127.0.0.1:0"), Settings())
+
+
+def test_port_in_use_is_transport_error() -> None:
+    transport = get_transport("grpc")
+    first = transport.listen(make_url("grpc://127.0.0.1:0"), Settings())
+    try:
+        with pytest.raises(TransportError):
+            transport.listen(first.address, Settings()).close()
+    finally:
+        first.close()
+
+
+def test_large_message_over_grpc_default_limit() -> None:
+    """gRPC's own 4 MiB limit is raised to max_message_size (a 1080p RGB frame)."""
+    settings = Settings(max_message_size=16 << 20)
+    transport = get_transport("grpc")
+    listener = transport.listen(make_url("grpc://127.0.0.1:0"), settings)
+    try:
+        client, server = TransportCompliance.connect_pair(listener, settings)
+        frame = np.random.default_rng(1).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+        client.send([b"frame", memoryview(frame)])
+        received = server.recv(10.0)
+        assert bytes(received[1]) == frame.tobytes()
+        client.close()
+        server.close()
+    finally:
+        listener.close()
+
+
+def test_oversized_received_message_drops_connection() -> None:
+    """A peer with a larger limit sends more than ours: ConnectionLost, not a hang."""
+    transport = get_transport("grpc")
+    listener = transport.listen(make_url("grpc://127.0.0.1:0"), Settings(max_message_size=1 << 16))
+    try:
+        client = transport.connect(listener.address, Settings(max_message_size=1 << 22),
+                                   timeout=5.0)
+        server = listener.accept(5.0)
+        client.send([b"x" * (1 << 21)])
+        with pytest.raises(ConnectionLost):
+            server.recv(5.0)
+        with pytest.raises(ConnectionLost):
+            client.recv(5.0)
+        client.close()
+        server.close()
+    finally:
+        listener.close()
+
+
+def test_max_clients_refuses_with_connect_error() -> None:
+    transport = get_transport("grpc")
+    listener = transport.listen(make_url("grpc://127.0.0.1:0?max_clients=1"), Settings())
+    try:
+        first = transport.connect(listener.address, Settings(), timeout=5.0)
+        with pytest.raises(ConnectError):
+            transport.connect(listener.address, Settings(), timeout=2.0)
+        first.close()
+    finally:
+        listener.close()
+
+
+# -- the Gymnasium checks of the core, over grpc:// ---------------------------------
+
+@pytest.fixture
+def cartpole_server():
+    server = relay.serve("CartPole-v1", "grpc://127.0.0.1:0")
+    yield server
+    server.close()
+
+
+def test_check_env_over_grpc(cartpole_server) -> None:
+    env = relay.make(cartpole_server.address)
+    try:
+        check_env(env, skip_render_check=True)
+    finally:
+        env.close()
+
+
+def test_environments_match_over_grpc(cartpole_server) -> None:
+    remote = relay.make(cartpole_server.address)
+    local = gym.make("CartPole-v1")
+    try:
+        check_environments_match(local, remote, num_steps=200, seed=7, skip_render=True)
+    finally:
+        remote.close()
+        local.close()
+
+
+def test_episode_and_errors_over_grpc(cartpole_server) -> None:
+    env = relay.make(cartpole_server.address)
+    try:
+        obs, _ = env.reset(seed=3)
+        assert obs.dtype == np.float32 and obs.shape == (4,)
+        with pytest.raises(relay.InvalidAction):
+            env.step(5)
+        steps, done = 0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            done = terminated or truncated
+            steps += 1
+        assert steps > 1
+    finally:
+        env.close()
+
+
+SERVER_SCRIPT = textwrap.dedent("""
+    import sys
+    import relay
+    server = relay.serve("CartPole-v1", "grpc://127.0.0.1:0")
+    print(server.address, flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_server_killed_mid_episode_is_connection_lost() -> None:
+    env_vars = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env_vars, cwd=ROOT)
+    try:
+        address = proc.stdout.readline().strip()
+        assert address.startswith("grpc://"), address
+        env = relay.make(address, timeout=5.0)
+        env.reset(seed=0)
+        env.step(0)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        start = time.monotonic()
+        with pytest.raises(ConnectionLost):
+            env.step(1)
+        assert time.monotonic() - start < 5.0
+        with pytest.raises(ConnectionLost):
+            env.step(1)
+        env.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+CLIENT_SCRIPT = textwrap.dedent("""
+    import sys
+    import relay
+    env = relay.make(sys.argv[1])
+    env.reset(seed=0)
+    env.step(0)
+    print("stepped", flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_client_killed_server_keeps_serving(cartpole_server) -> None:
+    env_vars = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT, str(cartpole_server.address)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=env_vars, cwd=ROOT)
+    try:
+        assert proc.stdout.readline().strip() == "stepped"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        env = relay.make(cartpole_server.address)
+        env.reset(seed=1)
+        env.step(0)
+        env.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def test_server_sees_dead_client_as_connection_lost() -> None:
+    """A client process SIGKILLed: the server channel gets ConnectionLost, not silence."""
+    transport = get_transport("grpc")
+    listener = transport.listen(make_url("grpc://127.0.0.1:0"), Settings())
+    script = textwrap.dedent(f"""
+        import sys
+        from relay.core.config import Settings
+        from relay.core.plugins import get_transport
+        from relay.core.url import make_url
+        ch = get_transport("grpc").connect(make_url("{listener.address}"), Settings(), timeout=5)
+        ch.send([b"hi"])
+        print("sent", flush=True)
+        sys.stdin.read()
+    """)
+    env_vars = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env_vars, cwd=ROOT)
+    try:
+        server = listener.accept(10.0)
+        assert bytes(server.recv(10.0)[0]) == b"hi"
+        assert proc.stdout.readline().strip() == "sent"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        with pytest.raises(ConnectionLost):
+            server.recv(5.0)
+        server.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        listener.close()
