@@ -688,6 +688,29 @@ def test_check_env_over_dm_env_rpc(server):
         env.close()
 
 
+def test_grpcs_for_stock_and_relay_clients(tmp_path):
+    from relay.testing import make_certificate
+
+    cert, key = make_certificate(tmp_path)
+    with relay.serve("CartPole-v1", f"grpcs://127.0.0.1:0?codec=dm_env_rpc&cert={cert}&key={key}"
+                     ) as srv:
+        assert "key" not in srv.address.query
+        stock = connection.create_secure_channel_and_connect(
+            _target(srv), grpc.ssl_channel_credentials(cert.read_bytes()), timeout=10)
+        env, _ = dm_env_adaptor.create_and_join_world(stock, {}, {})
+        assert env.reset().first()
+        env.close()
+        stock.close()
+        remote = relay.make(srv.address.with_options(ca=cert))
+        try:
+            remote.reset(seed=0)
+            assert remote.step(1)[0].shape == (4,)
+        finally:
+            remote.close()
+        with pytest.raises(relay.ConnectError):  # no trusted CA: the handshake fails
+            relay.make(srv.address, connect_timeout=0.5)
+
+
 def test_unreachable_server_is_a_connect_error(free_port):
     started = time.monotonic()
     with pytest.raises(relay.ConnectError):

@@ -41,7 +41,7 @@ from dm_env_rpc.v1 import dm_env_rpc_pb2 as pb
 from dm_env_rpc.v1 import message_utils, tensor_utils
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from relay.compat.dm_env_rpc.server import REWARD, grpc_options, grpc_target
+from relay.compat.dm_env_rpc.server import REWARD, grpc_options, grpc_target, tls_file
 from relay.compat.dm_env_rpc.tensors import Layout, TensorError, pack_settings, space_from_specs
 from relay.core import spaces
 from relay.core.config import Settings
@@ -99,19 +99,33 @@ def remote_error(status: status_pb2.Status, doing: str) -> RemoteError:
 class DmEnvRpcConnection:
     """One dm_env_rpc stream to ``url``, driven with relay/1 requests (see the module doc).
 
+    ``grpcs://`` uses TLS: URL options ``ca`` (roots signing the server's
+    certificate; default the system roots), ``cert``/``key`` (a client
+    certificate), ``server_name`` (the name to check, when not HOST).
+
     Raises:
-        ConfigError: not a ``grpc://`` URL.
+        ConfigError: not a ``grpc://``/``grpcs://`` URL, an unreadable TLS file.
         ConnectError: no server within ``settings.connect_timeout`` seconds.
     """
 
     def __init__(self, url: URL, settings: Settings) -> None:
-        if url.scheme != "grpc":
-            raise ConfigError(f"codec dm_env_rpc needs a grpc:// URL, got {url.scheme}://")
+        if url.scheme not in ("grpc", "grpcs"):
+            raise ConfigError(f"codec dm_env_rpc needs a grpc:// or grpcs:// URL, "
+                              f"got {url.scheme}://")
         self.url = url
         self.settings = settings
         self.codec = None
         target = grpc_target(url)
-        self._channel = grpc.insecure_channel(target, options=grpc_options(settings, server=False))
+        options = grpc_options(settings, server=False)
+        if url.scheme == "grpcs":
+            if url.query.get("server_name"):
+                options.append(("grpc.ssl_target_name_override", url.query["server_name"]))
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=tls_file(url, "ca"), private_key=tls_file(url, "key"),
+                certificate_chain=tls_file(url, "cert"))
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
         try:
             grpc.channel_ready_future(self._channel).result(timeout=settings.connect_timeout)
         except grpc.FutureTimeoutError:

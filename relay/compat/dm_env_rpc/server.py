@@ -42,6 +42,7 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
+import os
 import threading
 import traceback
 from collections.abc import Iterator
@@ -414,6 +415,33 @@ def grpc_options(settings: Settings, *, server: bool) -> list[tuple[str, Any]]:
     return [*options, ("grpc.keepalive_time_ms", 300_000), ("grpc.keepalive_timeout_ms", 20_000)]
 
 
+TLS_OPTIONS = ("cert", "key", "client_ca")
+"""Server-side TLS URL options, kept out of ``server.address``."""
+
+
+def tls_file(url: URL, name: str, *, required: bool = False) -> bytes | None:
+    """The PEM file named by URL option ``name`` (or ``RELAY_TLS_<NAME>``), or None.
+
+    The same options as the ``grpcs://`` transport: ``cert``/``key`` (server,
+    or a client certificate), ``client_ca`` (server: require client
+    certificates), ``ca`` (client: roots that sign the server's certificate).
+
+    Raises:
+        ConfigError: a required option is missing, or the file cannot be read.
+    """
+    path = url.query.get(name) or os.environ.get(f"RELAY_TLS_{name.upper()}")
+    if not path:
+        if required:
+            raise ConfigError(f"{url.scheme}:// needs the URL option {name}=PATH "
+                              f"(or RELAY_TLS_{name.upper()})")
+        return None
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the TLS file {name}={path!r}: {exc}") from exc
+
+
 def grpc_target(url: URL) -> str:
     """``host:port`` of a ``grpc://HOST:PORT`` URL (IPv6 hosts bracketed)."""
     host = url.host or "127.0.0.1"
@@ -431,14 +459,20 @@ class DmEnvRpcServer:
     Attributes:
         address: the URL clients connect to (real port when port 0 was asked).
 
+    ``grpcs://`` serves over TLS: URL options ``cert`` and ``key`` (PEM paths,
+    required), ``client_ca`` (require client certificates signed by it); see
+    :func:`tls_file`.
+
     Raises:
-        ConfigError: a scheme other than ``grpc`` or a bad ``max_clients``.
+        ConfigError: a scheme other than ``grpc``/``grpcs``, a bad ``max_clients``,
+            missing TLS files.
         TransportError: the address cannot be bound.
     """
 
     def __init__(self, factory: EnvFactory, url: URL, settings: Settings) -> None:
-        if url.scheme != "grpc":
-            raise ConfigError(f"codec dm_env_rpc needs a grpc:// URL, got {url.scheme}://")
+        if url.scheme not in ("grpc", "grpcs"):
+            raise ConfigError(f"codec dm_env_rpc needs a grpc:// or grpcs:// URL, "
+                              f"got {url.scheme}://")
         try:
             max_clients = int(url.query.get("max_clients", "64"))
         except ValueError:
@@ -459,13 +493,21 @@ class DmEnvRpcServer:
             _Servicer(factory, WorldNames(), self._active, self._lock), self._server)
         target = grpc_target(url)
         try:
-            port = self._server.add_insecure_port(target)
+            if url.scheme == "grpcs":
+                client_ca = tls_file(url, "client_ca")
+                credentials = grpc.ssl_server_credentials(
+                    [(tls_file(url, "key", required=True), tls_file(url, "cert", required=True))],
+                    root_certificates=client_ca, require_client_auth=client_ca is not None)
+                port = self._server.add_secure_port(target, credentials)
+            else:
+                port = self._server.add_insecure_port(target)
         except RuntimeError as exc:
             raise TransportError(f"cannot listen on {target}: {exc}") from exc
         if not port:
             raise TransportError(f"cannot listen on {target}")
         host = target.rsplit(":", 1)[0]
-        self.address: URL = url.set(address=f"{host}:{port}")
+        self.address: URL = url.set(address=f"{host}:{port}").with_options(
+            **dict.fromkeys(TLS_OPTIONS))
         self._server.start()
 
     @property
