@@ -25,6 +25,7 @@ TRANSPORT_URLS = [
     "zmq+ipc://{tmp}/relay.sock",
     "tcp://127.0.0.1:0",
     "ws://127.0.0.1:0/relay",
+    "grpc://127.0.0.1:0",
 ]
 
 
