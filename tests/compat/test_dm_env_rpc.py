@@ -711,6 +711,23 @@ def test_grpcs_for_stock_and_relay_clients(tmp_path):
             relay.make(srv.address, connect_timeout=0.5)
 
 
+def test_a_full_server_refuses_at_once_and_serves_again_when_a_client_leaves():
+    with relay.serve("CartPole-v1", "grpc://127.0.0.1:0?codec=dm_env_rpc&max_clients=1") as srv:
+        first = relay.make(srv.address)
+        started = time.monotonic()
+        with pytest.raises(relay.ConnectionLost, match="RESOURCE_EXHAUSTED"):
+            relay.make(srv.address)
+        assert time.monotonic() - started < 5
+        first.reset(seed=0)
+        first.close()
+        deadline = time.monotonic() + 5
+        while srv.clients and time.monotonic() < deadline:
+            time.sleep(0.02)
+        second = relay.make(srv.address)
+        second.reset(seed=0)
+        second.close()
+
+
 def test_unreachable_server_is_a_connect_error(free_port):
     started = time.monotonic()
     with pytest.raises(relay.ConnectError):

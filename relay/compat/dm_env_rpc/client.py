@@ -172,7 +172,7 @@ class DmEnvRpcConnection:
         if self._closed:
             raise ConnectionLost("the connection is closed")
         if self._lost is not None:
-            raise ConnectionLost(f"the dm_env_rpc stream is gone: {self._lost}")
+            raise ConnectionLost(f"the dm_env_rpc stream is gone ({self._lost})")
         timeout = self.settings.timeout if timeout is None else timeout
         request, field = message_utils.pack_environment_request(message)
         deadline = time.monotonic() + timeout
@@ -195,7 +195,11 @@ class DmEnvRpcConnection:
             self._lost = answer
             if isinstance(answer, ConnectionLost):
                 raise answer
-            raise ConnectionLost(f"the dm_env_rpc stream is gone: {answer}") from answer
+            if isinstance(answer, grpc.RpcError) and hasattr(answer, "code"):
+                text = f"{answer.code().name}: {answer.details()}"
+            else:
+                text = f"{type(answer).__name__}: {answer}"
+            raise ConnectionLost(f"the dm_env_rpc stream is gone ({text})") from answer
         if answer.WhichOneof("payload") == "error":
             raise remote_error(answer.error, doing)
         try:
