@@ -111,8 +111,8 @@ def _box(s: gs.Box) -> Description:
 
 def _bound(bound: np.ndarray) -> Any:
     """A uniform bound as one numpy scalar (a (8192, 8192) Box must not cost 128 MB)."""
-    if bound.size > 1 and (bound == bound.flat[0]).all():
-        return bound.flat[0]
+    if bound.size > 1 and bound.dtype.kind != "b" and (bound == bound.flat[0]).all():
+        return bound.flat[0]  # (gymnasium's Box takes no numpy bool scalar as a bound)
     return bound
 
 

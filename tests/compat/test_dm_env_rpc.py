@@ -794,3 +794,7 @@ def test_relay_dm_env_client_drives_a_stock_server(catch_server):
         assert ts.discount == 0.0 and ts.reward in (-1.0, 1.0)
     finally:
         env.close()
+
+
+if __name__ == "__main__":  # the compliance classes also run under absltest (needs pytest fixtures)
+    raise SystemExit(pytest.main([__file__, "-q"]))
