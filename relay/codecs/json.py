@@ -59,7 +59,7 @@ def to_json_value(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, np.generic):
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else {"$float": repr(value)}
+        return value if math.isfinite(value) else {"$float": repr(float(value))}
     if isinstance(value, np.ndarray):
         dtype = check_dtype(value.dtype.str)
         data = np.ascontiguousarray(value).tobytes()
