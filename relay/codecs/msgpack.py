@@ -155,6 +155,10 @@ class MsgpackCodec:
             raise
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             raise CodecError(f"malformed MessagePack message: {exc}") from exc
+        finally:
+            # ext_hook refers to itself (nested tuples): break that cycle so the
+            # frames are freed with the message, not at the next gc run
+            ext_hook = None  # type: ignore[assignment]
         if len(used) != len(frames) - 1:
             raise CodecError(f"{len(frames) - 1 - len(used)} frame(s) not referred to")
         return envelope_from_parts(request_id, tag, body)

@@ -101,6 +101,7 @@ import signal
 import socket
 import stat
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -416,6 +417,45 @@ def _frame_view(frame: Buffer) -> memoryview:
 
 
 # ---------------------------------------------------------------------------
+# Received buffers.
+
+POOL_MIN = 32 << 10
+"""Frames of at least this many bytes are received into recycled buffers."""
+POOL_SIZE = 4
+
+
+class _BufferPool:
+    """Recycles large receive buffers that nobody references any more.
+
+    A fresh 150 KB ``bytearray`` per message costs ~37 page faults (~100 µs
+    measured here: glibc maps buffers over 128 KiB afresh).  The pool keeps
+    the last :data:`POOL_SIZE` buffers it handed out and reuses one of the
+    right size only when its reference count shows that the pool holds the
+    only reference (the caller and every numpy array over it are gone), so a
+    buffer still in use is never overwritten: each ``recv`` still returns
+    memory that no one else can see.
+    """
+
+    __slots__ = ("_buffers",)
+
+    def __init__(self) -> None:
+        self._buffers: deque[bytearray] = deque(maxlen=POOL_SIZE)
+
+    def fill(self, source: memoryview) -> bytearray:
+        """A buffer holding a copy of ``source`` (recycled if one is free)."""
+        n = source.nbytes
+        getrefcount = sys.getrefcount
+        for buffer in self._buffers:
+            # references: the deque, the loop variable, getrefcount's argument
+            if len(buffer) == n and getrefcount(buffer) == 3:
+                buffer[:] = source
+                return buffer
+        buffer = bytearray(source)
+        self._buffers.append(buffer)
+        return buffer
+
+
+# ---------------------------------------------------------------------------
 # One direction of a channel.
 
 
@@ -467,6 +507,7 @@ class ShmChannel:
         self._old_in: list[_Segment] = []
         self._granted = False
         self._typical = spin / 2  # running typical wait for a message, seconds
+        self._pool = _BufferPool()
 
     # -- sending ----------------------------------------------------------
 
@@ -732,8 +773,12 @@ class ShmChannel:
                 pos += (n + ALIGN - 1) & -ALIGN
             self._unreleased = True
         else:
+            pool = self._pool
             for n in sizes:
-                frames.append(bytearray(view[pos:pos + n]))
+                if n >= POOL_MIN:
+                    frames.append(pool.fill(view[pos:pos + n]))
+                else:
+                    frames.append(bytearray(view[pos:pos + n]))
                 pos += (n + ALIGN - 1) & -ALIGN
             seg.ctl[_R_SEQ] = self._rseq
         return frames
