@@ -287,7 +287,8 @@ class Case:
 CASES: dict[str, Case] = {}
 """Registered cases by name, in registration order."""
 
-CASE_MODULES: list[str] = ["relay.transports.ws_bench", "relay.compat.dm_env_rpc.bench"]
+CASE_MODULES: list[str] = ["relay.compat.gymie_bench", "relay.transports.ws_bench",
+                           "relay.compat.dm_env_rpc.bench"]
 """Modules imported before a run so that their ``@bench_case`` functions register."""
 
 LISTEN_URLS: dict[str, str] = {

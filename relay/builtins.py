@@ -21,4 +21,5 @@ def relay_register_transports(register: Register) -> None:
 def relay_register_codecs(register: Register) -> None:
     register("msgpack", "relay.codecs.msgpack:MsgpackCodec", extra="msgpack")
     register("json", "relay.codecs.json:JsonCodec")
+    register("gymie", "relay.compat.gymie:GymieProtocol", extra="websockets")
     register("dm_env_rpc", "relay.compat.dm_env_rpc:DmEnvRpcCodec", extra="dm-env-rpc")
