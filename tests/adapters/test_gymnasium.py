@@ -48,7 +48,7 @@ def test_check_env_passes_with_no_warning_of_its_own(serve):
 @pytest.mark.parametrize(
     ("env_id", "kwargs", "steps"),
     [
-        ("CartPole-v1", {"render_mode": "rgb_array"}, 600),
+        ("CartPole-v1", {"render_mode": "rgb_array"}, 150),
         ("MountainCarContinuous-v0", {}, 300),
     ],
 )
