@@ -8,6 +8,7 @@ Importing relay loads no plugin and opens nothing; it registers the
 Gymnasium id ``relay/Remote-v0``.
 """
 
+from relay.adapters.dm_env import make_dm_env
 from relay.adapters.gymnasium import RemoteEnv, make, register_envs
 from relay.adapters.inverted import ListeningEnv, connect_env, listen_env
 from relay.core.config import Settings
@@ -65,6 +66,7 @@ __all__ = [
     "hookimpl",
     "listen_env",
     "make",
+    "make_dm_env",
     "make_url",
     "serve",
 ]

@@ -131,11 +131,14 @@ class EnvHost:
                 spec = env.spec.to_json()
             except Exception:  # kwargs that JSON cannot hold: the spec stays local
                 spec = None
+        # an adapted env (a dm_env) gives exact descriptions of its specs itself
+        described = getattr(env, "relay_descriptions", None) or {}
         return Made(
             instance=instance,
-            observation_space=spaces.describe(env.observation_space),
-            action_space=spaces.describe(env.action_space),
-            metadata=_plain_metadata(env.metadata),
+            observation_space=(described.get("observation_space")
+                               or spaces.describe(env.observation_space)),
+            action_space=described.get("action_space") or spaces.describe(env.action_space),
+            metadata={**_plain_metadata(env.metadata), **described.get("metadata", {})},
             render_mode=env.render_mode,
             spec=spec,
         )
@@ -251,7 +254,7 @@ class Server:
 
 
 def serve(
-    env: str | EnvFactory | None,
+    env: str | EnvFactory | Any | None,
     url: str | URL,
     *,
     block: bool = False,
@@ -263,7 +266,10 @@ def serve(
         env: a Gymnasium env id (``"CartPole-v1"``: only that id is served;
             None: any registered id the client names;
             ``Make`` kwargs go to ``gymnasium.make``), or a factory
-            ``factory(env_id, **kwargs) -> gymnasium.Env`` called once per ``Make``.
+            ``factory(env_id, **kwargs) -> gymnasium.Env | dm_env.Environment``
+            called once per ``Make``, or a ``dm_env.Environment`` instance
+            (one client at a time); see
+            :func:`relay.adapters.dm_env.serving_factory`.
         url: where to listen, e.g. ``"zmq+tcp://127.0.0.1:0"`` (port 0 picks a
             free port: read it from ``server.address``).
         block: serve until interrupted instead of returning at once.
@@ -279,7 +285,12 @@ def serve(
     """
     parsed = make_url(url)
     resolved = resolve_settings(parsed, **settings)
-    factory = gymnasium_factory(env) if env is None or isinstance(env, str) else env
+    if env is None or isinstance(env, str):
+        factory = gymnasium_factory(env)
+    else:  # a factory, or a dm_env instance (its factory wraps dm_envs as Gymnasium envs)
+        from relay.adapters.dm_env import serving_factory
+
+        factory = serving_factory(env)
     serve_peer = getattr(get_codec(resolved.codec), "serve", None)
     if serve_peer is not None:  # a peer protocol (dm_env_rpc) runs its own server
         server = serve_peer(factory, parsed, resolved)

@@ -37,7 +37,8 @@ Values:
 
 * :func:`to_gym_value` turns a dm_env value (observation or action) into the
   value of the Gymnasium space (lists -> tuples, string arrays -> numpy
-  ``U``/``S`` arrays that codecs carry, arrays cast to the space dtype);
+  ``U``/``S`` arrays that codecs carry, or a ``str``/``bytes`` for shape
+  ``()``, arrays cast to the space dtype);
 * :func:`to_dm_value` is the inverse: the value conforming to the spec
   (``spec.validate`` passes), with the spec's container types.
 
@@ -96,7 +97,9 @@ class StringArraySpace(gs.Space[np.ndarray]):
     """A Gymnasium space of numpy string arrays of a fixed shape (dm_env ``StringArray``).
 
     Values are numpy arrays of kind ``U`` (``str``) or ``S`` (``bytes``) of
-    shape ``shape``; ``sample`` gives short random ASCII strings.
+    shape ``shape``, and a plain ``str``/``bytes`` for shape ``()`` (so that
+    Gymnasium's ``data_equivalence``, which cannot compare string arrays, and
+    ``check_env`` work on it); ``sample`` gives short random ASCII strings.
     """
 
     def __init__(self, shape: tuple[int, ...], string_type: type = str,
@@ -116,7 +119,9 @@ class StringArraySpace(gs.Space[np.ndarray]):
         lengths = self.np_random.integers(0, 8, size)
         words = ["".join(self.np_random.choice(letters, n)) for n in lengths]
         array = np.array(words, dtype=str).reshape(self.shape)
-        return array if self.string_type is str else np.char.encode(array, "ascii")
+        if self.string_type is bytes:
+            array = np.char.encode(array, "ascii")
+        return array.item() if self.shape == () else array
 
     def contains(self, x: Any) -> bool:
         if isinstance(x, (str, bytes)) and self.shape == ():
@@ -290,8 +295,9 @@ def to_gym_value(value: Any, description: Description) -> Any:
                 raise CodecError(f"expected {len(subs)} items, got {len(value)}")
             return tuple(to_gym_value(v, d) for v, d in zip(value, subs, strict=True))
         if kind == "dm_env.StringArray":
-            return np.asarray(value, dtype="S" if description["string_type"] == "bytes"
-                              else "U")
+            array = np.asarray(value, dtype="S" if description["string_type"] == "bytes"
+                               else "U")
+            return array.item() if array.shape == () else array
         if kind == "Text":
             return str(value.item() if isinstance(value, np.ndarray) else value)
         if kind == "Discrete":
