@@ -5,8 +5,9 @@ Imported by :mod:`relay.bench` (listed in ``CASE_MODULES``).  Rows:
 ``real Gymie 0.5.4``
     The real server (:mod:`relay.compat.gymie_peer`, its own venv, built on
     first use).  S is its own gym 0.17.3 ``CartPole-v1``; M and L are relay's
-    :class:`~relay.bench.FixedObsEnv`, hosted through Gymie's documented
-    ``@override("get_env")`` (:mod:`relay.compat.gymie_launcher`).
+    :class:`~relay.bench.FixedObsEnv` (``relay/bench.py`` loaded there by
+    path), hosted through Gymie's documented ``@override("get_env")``
+    (:mod:`relay.compat.gymie_launcher`).
     The client offers per-message deflate, as browsers and the websockets
     library do; Gymie's eventlet accepts it.
 ``real Gymie 0.5.4, no deflate``
@@ -135,15 +136,21 @@ def _ids(payload: Payload, real: bool) -> str:
     return name if not real or name == "CartPole-v1" else PREFIX + name
 
 
+def _registrations() -> list[str]:
+    """The payload envs, for the real server: relay.bench's file, loaded by path there."""
+    import relay.bench
+
+    return [f"{env_id(p)}={relay.bench.__file__}:FixedObsEnv:{json.dumps(p.env_kwargs)}"
+            for p in PAYLOADS.values() if p.env_id != "CartPole-v1"]
+
+
 def _real_rows(payloads: Sequence[Payload], steps: int, *, deflate: bool,
                relay_client: bool = False) -> CaseResult:
     import relay
-    from relay.compat.gymie_peer import relay_on_path
 
     python, real_gymie_server = _real_server(payloads)
-    with relay_on_path() as path, real_gymie_server(
-            python, gymnasium_prefix=PREFIX, imports=["relay.compat.gymie_bench"],
-            pythonpath=[path]) as url:
+    with real_gymie_server(python, gymnasium_prefix=PREFIX,
+                           register=_registrations()) as url:
         for payload in payloads:
             if relay_client:
                 env = relay.make(url + "?codec=gymie", _ids(payload, True))

@@ -11,15 +11,20 @@ gym 0.17's ``TimeLimit.truncated`` info key, gym 0.17 space classes).  Every
 other id goes to Gymie's own ``get_env`` (gym 0.17.3's registry), unchanged.
 Gymie's own code encodes every answer either way.
 
+``--register ID=FILE:CLASS:KWARGS_JSON`` registers a Gymnasium env class
+loaded from a Python file by path (not imported as part of its package, so
+relay's benchmark env runs here without relay's dependencies).
+
 Usage: ``python gymie_launcher.py --host 127.0.0.1 --port 0 [--gymnasium-prefix
-gymnasium/] [--import MODULE ...]``; eventlet logs ``wsgi starting up on
-http://HOST:PORT`` on stderr once it listens.
+gymnasium/] [--register ID=FILE:CLASS:KWARGS_JSON ...]``; eventlet logs
+``wsgi starting up on http://HOST:PORT`` on stderr once it listens.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.util
+import json
 import os
 import sys
 
@@ -75,15 +80,32 @@ class _OldApiEnv:
         self.env.close()
 
 
+def _register(entry: str) -> None:
+    """``ID=FILE:CLASS:KWARGS_JSON``: register a Gymnasium env class from a file."""
+    import gymnasium
+
+    env_id, _, rest = entry.partition("=")
+    path, class_name, kwargs = rest.split(":", 2)
+    name = "gymie_launcher_" + os.path.splitext(os.path.basename(path))[0]
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    gymnasium.register(env_id, entry_point=getattr(module, class_name),
+                       kwargs=json.loads(kwargs), disable_env_checker=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", default=0, type=int)
     parser.add_argument("--gymnasium-prefix", default=None)
-    parser.add_argument("--import", dest="imports", action="append", default=[])
+    parser.add_argument("--register", action="append", default=[])
     args = parser.parse_args()
-    for module in args.imports:
-        importlib.import_module(module)
+    for entry in args.register:
+        _register(entry)
 
     import gymie
     import gymie.api

@@ -4,9 +4,8 @@ Gymie 0.5.4 pins gym 0.17.3 and eventlet 0.28 (which fails at import on
 Python 3.11), so it lives in a venv of its own, never in relay's:
 :func:`ensure_gymie_venv` builds it once (``pip install gymie==0.5.4``, then
 ``eventlet==0.36.1 'dnspython>=2'``, then the Gymnasium version relay runs
-with, for :mod:`relay.compat.gymie_launcher`'s Gymnasium-hosting mode, and
-pluggy, so that relay's benchmark envs import there) and reuses it while its
-requirements stay the same.  :func:`real_gymie_server` runs the server as a
+with, for :mod:`relay.compat.gymie_launcher`'s Gymnasium-hosting mode) and
+reuses it while its requirements stay the same.  :func:`real_gymie_server` runs the server as a
 subprocess and always kills it.
 """
 
@@ -35,7 +34,6 @@ __all__ = [
     "ensure_gymie_venv",
     "gymie_requirements",
     "real_gymie_server",
-    "relay_on_path",
 ]
 
 DEFAULT_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "relay-tests" / (
@@ -60,8 +58,7 @@ class GymieVenvError(RelayError):
 def gymie_requirements(extra: Sequence[str] = ()) -> list[list[str]]:
     """The pip install steps of the venv: Gymie, the eventlet fix, Gymnasium, ``extra``."""
     gymnasium = f"gymnasium=={importlib.metadata.version('gymnasium')}"
-    # pluggy: enough for `import relay` there (the benchmark's payload env)
-    return [list(step) for step in GYMIE_REQUIREMENTS] + [[gymnasium, "pluggy", *extra]]
+    return [list(step) for step in GYMIE_REQUIREMENTS] + [[gymnasium, *extra]]
 
 
 def ensure_gymie_venv(path: Path | None = None, *, extra: Sequence[str] = ()) -> Path:
@@ -113,8 +110,7 @@ def real_gymie_server(
     python: Path,
     *,
     gymnasium_prefix: str | None = None,
-    imports: Sequence[str] = (),
-    pythonpath: Sequence[str] = (),
+    register: Sequence[str] = (),
     start_timeout: float = 60.0,
 ) -> Iterator[str]:
     """Run the real Gymie server on a free port of 127.0.0.1; yield its ``ws://`` URL.
@@ -126,8 +122,8 @@ def real_gymie_server(
         python: from :func:`ensure_gymie_venv`.
         gymnasium_prefix: also host Gymnasium envs under this id prefix
             (see :mod:`relay.compat.gymie_launcher`).
-        imports: modules the server imports first (to register envs).
-        pythonpath: directories put on the server's ``PYTHONPATH``.
+        register: ``ID=FILE:CLASS:KWARGS_JSON`` Gymnasium envs to register
+            first (see :mod:`relay.compat.gymie_launcher`).
         start_timeout: seconds to wait for the server to listen.
 
     Raises:
@@ -136,11 +132,9 @@ def real_gymie_server(
     command = [str(python), str(_LAUNCHER), "--host", "127.0.0.1", "--port", "0"]
     if gymnasium_prefix:
         command += ["--gymnasium-prefix", gymnasium_prefix]
-    for module in imports:
-        command += ["--import", module]
+    for entry in register:
+        command += ["--register", entry]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    if pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join(pythonpath)
     env["PYTHONUNBUFFERED"] = "1"
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, env=env,
@@ -179,18 +173,3 @@ def real_gymie_server(
             process.wait(5)
         reader.join(5)
 
-
-@contextlib.contextmanager
-def relay_on_path() -> Iterator[str]:
-    """A temporary directory holding only a link to this ``relay`` package.
-
-    Put it on the Gymie server's ``PYTHONPATH`` so that it can import relay's
-    benchmark envs without seeing relay's venv (numpy and gym must stay its own).
-    """
-    import tempfile
-
-    import relay
-
-    with tempfile.TemporaryDirectory(prefix="relay-path-") as tmp:
-        os.symlink(Path(relay.__file__).parent, Path(tmp) / "relay")
-        yield tmp
