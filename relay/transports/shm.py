@@ -27,6 +27,7 @@ Segments
 
         word 0   wseq     messages published by the writer
         word 1   wclosed  1 once the writer has closed
+        word 2   wtime    CLOCK_MONOTONIC ns of the last publication (spin tuning)
         word 8   rseq     messages released by the reader (own cache line)
         word 9   rclosed  1 once the reader has closed
         word 16+ SLOTS descriptors of 4 words: data offset, record bytes, kind, 0
@@ -140,8 +141,8 @@ DEFAULT_SEGMENT_SIZE = 1 << 20
 DEFAULT_SPIN_US = 50.0
 """Spin budget before blocking, microseconds (``sched_yield`` between checks)."""
 SLICE = 0.05
-PURE_SPIN = 2e-6
-"""Seconds of plain polling before the spin starts calling ``sched_yield``."""
+PURE_SPIN_NS = 2_000
+"""Nanoseconds of plain polling before the spin starts calling ``sched_yield``."""
 """Longest single semaphore wait, seconds: the bound on noticing a dead peer."""
 HEADER = 4096
 SLOTS = 64
@@ -151,7 +152,7 @@ KIND_GROW = 1
 HELLO_LIMIT = 4096
 PROTOCOL = "relay-shm/1"
 
-_W_SEQ, _W_CLOSED, _R_SEQ, _R_CLOSED, _SLOT0 = 0, 1, 8, 9, 16
+_W_SEQ, _W_CLOSED, _W_TIME, _R_SEQ, _R_CLOSED, _SLOT0 = 0, 1, 2, 8, 9, 16
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _OBJECT = re.compile(r"^(?:sem\.)?relay_(\d+)_[0-9a-f]{8}$")
 _STRONG_ORDER = platform.machine().lower() in {"x86_64", "amd64", "i386", "i686", "x86"}
@@ -375,7 +376,8 @@ def socket_path(name: str) -> Path:
 # Options.
 
 
-def _options(url: URL) -> tuple[int, float]:
+def _options(url: URL) -> tuple[int, int]:
+    """``(segment bytes, spin budget in ns)`` from the URL query."""
     try:
         size = int(url.query.get("segment_size", DEFAULT_SEGMENT_SIZE))
         spin = float(url.query.get("spin", DEFAULT_SPIN_US))
@@ -383,7 +385,7 @@ def _options(url: URL) -> tuple[int, float]:
         raise ConfigError(f"bad shm option in {url.render()}: {exc}") from exc
     if size < 4096 or spin < 0:
         raise ConfigError("segment_size must be >= 4096 bytes and spin >= 0 µs")
-    return _align(size), (spin * 1e-6 if _STRONG_ORDER else 0.0)
+    return _align(size), (round(spin * 1000) if _STRONG_ORDER else 0)
 
 
 def _max_segment(limit: int) -> int:
@@ -487,7 +489,7 @@ class ShmChannel:
 
     def __init__(self, sock: socket.socket, out_map: mmap.mmap, in_map: mmap.mmap,
                  out_sem: posix_ipc.Semaphore, in_sem: posix_ipc.Semaphore,
-                 settings: Settings, *, spin: float, own_names: Sequence[str] = ()) -> None:
+                 settings: Settings, *, spin: int, own_names: Sequence[str] = ()) -> None:
         self._sock = sock
         self._out = _Segment(out_map)
         self._in = _Segment(in_map)
@@ -506,7 +508,7 @@ class ShmChannel:
         self._lost: str | None = None
         self._old_in: list[_Segment] = []
         self._granted = False
-        self._typical = spin / 2  # running typical wait for a message, seconds
+        self._typical = spin // 2  # running typical wait for a message, ns
         self._pool = _BufferPool()
 
     # -- sending ----------------------------------------------------------
@@ -574,6 +576,7 @@ class ShmChannel:
         ctl[slot + 2] = kind
         self._inflight.append((self._wseq, start, start + record))
         self._wseq += 1
+        ctl[_W_TIME] = time.monotonic_ns()
         ctl[_W_SEQ] = self._wseq  # the store that makes the record visible
 
     def _place(self, record: int) -> int:
@@ -684,9 +687,9 @@ class ShmChannel:
     def _wait(self, seg: _Segment, timeout: float | None) -> bool:
         """True once message ``self._rseq`` is published; False on timeout.
 
-        Spins (with ``sched_yield``) for an adaptive budget: twice the recent
-        typical wait, at most ``spin`` seconds, and not at all when messages
-        usually take longer than that; then blocks on the semaphore in
+        Spins (with ``sched_yield``) for an adaptive budget: twice the peer's
+        recent typical answer time, at most ``spin``, and not at all when it
+        usually takes longer than that; then blocks on the semaphore in
         slices of :data:`SLICE` seconds, checking for a dead peer in between.
         """
         ctl = seg.ctl
@@ -694,17 +697,17 @@ class ShmChannel:
         if self._granted and ctl[_W_SEQ] > want:
             self._granted = False
             return True
-        began = time.perf_counter()
-        budget = 2.0 * self._typical
-        if budget > self._spin:
-            budget = self._spin if self._typical < 4 * self._spin else 0.0
+        began = time.monotonic_ns()
+        typical = self._typical
+        budget = 2 * typical if 2 * typical <= self._spin else (
+            self._spin if typical <= self._spin else 0)
         if budget:
+            clock = time.monotonic_ns
             end = began + budget
-            polite = began + PURE_SPIN
-            clock = time.perf_counter
+            polite = began + PURE_SPIN_NS
             while True:
                 if ctl[_W_SEQ] > want:
-                    self._learn(clock() - began)
+                    self._learn(ctl[_W_TIME] - began)
                     return self._hint()
                 now = clock()
                 if now >= end:
@@ -715,7 +718,7 @@ class ShmChannel:
         sem = self._in_sem
         while True:
             if _STRONG_ORDER and ctl[_W_SEQ] > want:
-                self._learn(time.perf_counter() - began)
+                self._learn(ctl[_W_TIME] - began)
                 return True
             if ctl[_W_CLOSED]:
                 if ctl[_W_SEQ] > want:
@@ -727,7 +730,7 @@ class ShmChannel:
                 wait = min(deadline - time.monotonic(), SLICE)
                 if wait <= 0:
                     self._check_peer_alive()
-                    self._learn(time.perf_counter() - began)
+                    self._learn(time.monotonic_ns() - began)
                     return False
             try:
                 sem.acquire(wait)
@@ -739,11 +742,14 @@ class ShmChannel:
             except (posix_ipc.Error, OSError) as exc:
                 raise self._lose(f"waiting on the semaphore failed: {exc}") from exc
             if not _STRONG_ORDER and ctl[_W_SEQ] > want:
+                self._learn(ctl[_W_TIME] - began)
                 return True
 
-    def _learn(self, waited: float) -> None:
-        """Fold one wait (seconds) into the running typical wait (EWMA, weight 1/8)."""
-        self._typical += (min(waited, 0.01) - self._typical) * 0.125
+    def _learn(self, waited_ns: int) -> None:
+        """Fold how long the peer took (ns, from its publication time, so the
+        cost of our own wake-up is not counted) into the running typical wait
+        (EWMA, weight 1/8, each sample capped at 10 ms)."""
+        self._typical += (min(max(waited_ns, 0), 10_000_000) - self._typical) // 8
 
     def _read(self, seg: _Segment, start: int, length: int) -> list[Buffer]:
         if start + length > seg.capacity or length < 8:
@@ -905,7 +911,7 @@ def _native(what: str, error: type[TransportError] = ConnectionLost) -> Iterator
 class ShmListener:
     """Accepts ``shm://NAME`` clients on a UNIX socket; each gets its own segments."""
 
-    def __init__(self, name: str, settings: Settings, spin: float) -> None:
+    def __init__(self, name: str, settings: Settings, spin: int) -> None:
         self._name = name
         self._settings = settings
         self._spin = spin

@@ -3,7 +3,7 @@
 * ``raw shm + semaphore``: the reference the issue asks for: two processes,
   two ``multiprocessing.shared_memory`` segments (one per direction) and two
   ``posix_ipc`` semaphores, with the *same* wake-up as ``shm://`` (poll for
-  :data:`~relay.transports.shm.PURE_SPIN`, then poll with ``sched_yield`` up
+  :data:`~relay.transports.shm.PURE_SPIN_NS`, then poll with ``sched_yield`` up
   to :data:`~relay.transports.shm.DEFAULT_SPIN_US`, then ``sem_timedwait``).
   Each step copies relay's own wire bytes for that step (the msgpack frames
   of ``Step`` and ``Transition``) into the segment and out again into a
@@ -51,7 +51,7 @@ from relay.bench import (
     time_calls,
     time_env,
 )
-from relay.transports.shm import DEFAULT_SPIN_US, PURE_SPIN
+from relay.transports.shm import DEFAULT_SPIN_US, PURE_SPIN_NS
 
 RAW_SEM = "raw shm + semaphore"
 RAW_SOCK = "raw shm + socket doorbell"
@@ -83,7 +83,7 @@ class _RawEnd:
         want = self.rseq + 1
         inn = self.inn
         began = time.perf_counter()
-        end, polite = began + self.spin, began + PURE_SPIN
+        end, polite = began + self.spin, began + PURE_SPIN_NS * 1e-9
         caught = False
         while True:
             if _HEAD.unpack_from(inn, 0)[0] >= want:

@@ -99,8 +99,8 @@ def main(argv: list[str]) -> None:
 
         seg_name, mapping = shm._create_segment(8192)
         sem_name, sem = shm._create_semaphore()
-        print(seg_name, sem_name, flush=True)
         try:
+            print(seg_name, sem_name, flush=True)
             time.sleep(60)
         except KeyboardInterrupt:
             print("interrupted", flush=True)
