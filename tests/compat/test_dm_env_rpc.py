@@ -348,6 +348,100 @@ class TestJoinLeaveWorldAllTypes(TestJoinLeaveWorld):
     env_id = "AllTypes"
 
 
+# -- a dm_env environment (bsuite) served by relay to stock dm_env_rpc clients ----------------
+
+
+def _bsuite(env_id: str | None = None, seed: int = 0, **kwargs: Any) -> dm_env.Environment:
+    """bsuite's Catch (a dm_env), seedable (``bsuite.load_from_id`` is not)."""
+    from bsuite.environments import catch
+
+    return catch.Catch(seed=seed, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def dm_server():
+    pytest.importorskip("bsuite")
+    with relay.serve(_bsuite, "grpc://127.0.0.1:0?codec=dm_env_rpc") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="class")
+def class_dm_server(request, dm_server):
+    request.cls.relay_server = dm_server
+
+
+@pytest.mark.usefixtures("class_dm_server")
+class TestStockAdaptorBsuiteCatch(TestStockAdaptor):
+    env_id = "catch/0"
+
+
+@pytest.mark.usefixtures("class_dm_server")
+class TestStepBsuiteCatch(TestStep):
+    env_id = "catch/0"
+
+
+def test_bsuite_episode_through_dm_env_rpc_equals_local(dm_server):
+    stock = _connect(dm_server)
+    env, _ = dm_env_adaptor.create_and_join_world(stock, {"seed": 3, "rows": 6}, {})
+    local = _bsuite(seed=3, rows=6)
+    try:
+        ts, want = env.reset(), local.reset()
+        np.testing.assert_array_equal(ts.observation["observation"], want.observation)
+        while not want.last():
+            ts, want = env.step({"action": np.int64(2)}), local.step(2)
+            np.testing.assert_array_equal(ts.observation["observation"], want.observation)
+            assert ts.step_type == want.step_type and ts.reward == want.reward
+        assert ts.discount == want.discount == 0.0
+    finally:
+        env.close()
+        stock.close()
+
+
+@pytest.mark.slow
+def test_dm_control_cartpole_for_a_stock_client():
+    suite = pytest.importorskip("dm_control.suite")
+
+    def cartpole(env_id: str | None = None, seed: int | None = None) -> dm_env.Environment:
+        return suite.load("cartpole", "swingup", task_kwargs={"random": seed})
+
+    with relay.serve(cartpole, "grpc://127.0.0.1:0?codec=dm_env_rpc") as srv:
+        stock = _connect(srv)
+        env, _ = dm_env_adaptor.create_and_join_world(stock, {"seed": 1}, {})
+        local = cartpole(seed=1)
+        try:
+            assert env.observation_spec()["position"].shape == (3,)
+            assert env.action_spec()["action"].dtype == np.float64
+            ts, want = env.reset(), local.reset()
+            np.testing.assert_array_equal(ts.observation["position"], want.observation["position"])
+            for _ in range(20):
+                action = np.array([0.3])
+                ts, want = env.step({"action": action}), local.step(action)
+                np.testing.assert_array_equal(ts.observation["velocity"],
+                                              want.observation["velocity"])
+                assert ts.reward == pytest.approx(want.reward)
+        finally:
+            env.close()
+            stock.close()
+
+
+def test_relay_dm_env_client_over_dm_env_rpc(dm_server):
+    make_dm_env = getattr(relay, "make_dm_env", None)
+    if make_dm_env is None:
+        pytest.skip("relay.make_dm_env is not there yet")
+    env = make_dm_env(dm_server.address, "catch/0")
+    local = _bsuite(seed=4)
+    try:
+        assert env.action_spec() == local.action_spec()
+        ts, want = env.reset(seed=4), local.reset()
+        assert ts.first() and ts.reward is None and ts.discount is None
+        while not want.last():
+            ts, want = env.step(np.int64(0)), local.step(0)
+            np.testing.assert_array_equal(ts.observation, want.observation)
+        assert ts.last() and ts.discount == 0.0 and ts.reward == want.reward
+    finally:
+        env.close()
+
+
 # -- relay's server with stock clients: specs, episodes, errors, many clients -----------------
 
 
