@@ -1,10 +1,19 @@
 """``ws://HOST:PORT[/PATH]`` and ``wss://``: relay over WebSocket (RFC 6455).
 
-Built on the ``websockets`` library's threaded sync API: every connection has
-a background thread that reads the socket and answers pings, so a long
-``env.step`` on either side never trips the keepalive (the asyncio pitfall of
-FACTS.md does not apply).  Per-message deflate is always off (it makes an
-84x84x4 observation ~15x slower).
+A small sync driver around the ``websockets`` library's sans-I/O protocol
+(``websockets.client.ClientProtocol`` / ``websockets.server.ServerProtocol``,
+which parse and build every HTTP and WebSocket byte): the thread that calls
+``recv`` reads the socket itself, so a message reaches its reader without a
+hand-off between threads (the library's own sync API reads in a background
+thread; measured here, the direct read saves ~25 µs per round trip for small
+messages and ~100 µs for 150 KB ones).  Keepalive: a light thread per
+connection wakes every ``min(0.25, ping_interval / 2)`` seconds; when nobody is
+inside ``recv`` (e.g. during a long ``env.step``) it reads what has arrived,
+which answers the peer's pings, and it sends our pings and closes the
+connection (code 1011) when one is not answered within ``ping_timeout``.  So a
+long step never trips the keepalive (the asyncio pitfall of FACTS.md does not
+apply).  Per-message deflate is never negotiated (it makes an 84x84x4
+observation ~15x slower).
 
 Framing (also in ``docs/protocol.md``): one relay message is one *binary*
 WebSocket message (a sender may split it into WebSocket fragments; receivers
@@ -51,16 +60,19 @@ connections to that path only (HTTP 404 otherwise); without a path, any path.
 
 from __future__ import annotations
 
+import collections
 import hmac
 import http
-import inspect
 import logging
+import os
 import queue
+import select
+import socket
 import ssl
 import struct
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from relay.codecs.base import Buffer
@@ -78,15 +90,13 @@ from relay.core.url import URL
 
 try:
     import websockets
-    import websockets.sync.client as ws_client
-    import websockets.sync.server as ws_server
-    from websockets.exceptions import (
-        ConnectionClosed,
-        InvalidHandshake,
-        InvalidStatus,
-        InvalidURI,
-        WebSocketException,
-    )
+    from websockets.client import ClientProtocol
+    from websockets.exceptions import InvalidStatus, InvalidURI, WebSocketException
+    from websockets.frames import Frame, Opcode
+    from websockets.http11 import Request, Response
+    from websockets.protocol import State
+    from websockets.server import ServerProtocol
+    from websockets.uri import parse_uri
 except ImportError as exc:  # pragma: no cover
     from relay.core.errors import MissingDependency
 
@@ -111,19 +121,27 @@ CLOSE_BAD_DATA = 1007
 """Close code for a binary message whose relay header is malformed."""
 CLOSE_TOO_BIG = 1009
 """Close code for a message over ``max_message_size``."""
+CLOSE_KEEPALIVE = 1011
+"""Close code when a ping got no pong within ``ping_timeout``."""
 
 HEADER_ROOM = 64 * 1024
 """Bytes allowed on top of ``max_message_size`` for the header (up to 8191 frames)."""
 SMALL_MESSAGE = 64 * 1024
 """Messages up to this many bytes are joined into one WebSocket frame; larger
-ones are sent as fragments so array frames are not copied into a new buffer."""
-CLOSE_TIMEOUT = 2.0
-"""Seconds to wait for the peer's close frame before dropping the TCP connection."""
+ones are sent as one fragment per relay frame (no copy into a new buffer, and
+the receiver takes the fragments as the frames without joining them)."""
+KEEPALIVE_TICK = 0.25
+"""Seconds between the keepalive thread's looks at an idle connection (it answers
+the peer's pings and close frames when nobody is inside ``recv``)."""
+CLOSE_TIMEOUT = 1.0
+"""Seconds a closing side waits for the peer's close frame before hanging up."""
+READ_SIZE = 1 << 18
+"""Bytes asked from the socket per read."""
 SERVER_ONLY_OPTIONS = ("certfile", "keyfile")
+USER_AGENT = f"relay websockets/{websockets.__version__}"
 
 _U32 = struct.Struct("<I")
-# websockets >= 16 wants connect() as a context manager unless legacy=True is passed
-_LEGACY = {"legacy": True} if "legacy" in inspect.signature(ws_client.connect).parameters else {}
+_DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 
 
 def pack_header(lengths: Sequence[int]) -> bytes:
@@ -131,26 +149,34 @@ def pack_header(lengths: Sequence[int]) -> bytes:
     return struct.pack(f"<I{len(lengths)}Q", len(lengths), *lengths)
 
 
-def unpack_message(data: bytes, limit: int) -> list[Buffer]:
+def _parse_header(data: Buffer, limit: int) -> tuple[int, tuple[int, ...]]:
+    """``(header size, frame lengths)``.  Raises ValueError, MessageTooLarge."""
+    view = memoryview(data)
+    if view.nbytes < 4:
+        raise ValueError(f"message of {view.nbytes} bytes has no relay header")
+    (count,) = _U32.unpack_from(view)
+    start = 4 + 8 * count
+    if start > view.nbytes:
+        raise ValueError(f"header announces {count} frames, message has {view.nbytes} bytes")
+    lengths = struct.unpack_from(f"<{count}Q", view, 4)
+    total = sum(lengths)
+    if total > limit:
+        raise MessageTooLarge(total, limit)
+    return start, lengths
+
+
+def unpack_message(data: Buffer, limit: int) -> list[Buffer]:
     """Split one received WebSocket message into relay frames (views of ``data``).
 
     Raises:
         ValueError: the header is malformed or the lengths do not add up.
         MessageTooLarge: the frames hold more than ``limit`` bytes.
     """
-    if len(data) < 4:
-        raise ValueError(f"message of {len(data)} bytes has no relay header")
-    (count,) = _U32.unpack_from(data)
-    start = 4 + 8 * count
-    if start > len(data):
-        raise ValueError(f"header announces {count} frames, message has {len(data)} bytes")
-    lengths = struct.unpack_from(f"<{count}Q", data, 4)
-    total = sum(lengths)
-    if total > limit:
-        raise MessageTooLarge(total, limit)
-    if start + total != len(data):
-        raise ValueError(f"frames add up to {start + total} bytes, message has {len(data)}")
+    start, lengths = _parse_header(data, limit)
     view = memoryview(data)
+    if start + sum(lengths) != view.nbytes:
+        raise ValueError(f"frames add up to {start + sum(lengths)} bytes, "
+                         f"message has {view.nbytes}")
     frames: list[Buffer] = []
     for length in lengths:
         frames.append(view[start:start + length])
@@ -158,24 +184,256 @@ def unpack_message(data: bytes, limit: int) -> list[Buffer]:
     return frames
 
 
-@contextmanager
-def _lost() -> Iterator[None]:
-    """Translate websockets' and the socket's errors into ConnectionLost."""
-    try:
-        yield
-    except ConnectionClosed as exc:
-        raise ConnectionLost(f"WebSocket closed: {_describe_close(exc)}") from exc
-    except TimeoutError:  # recv(timeout) expired: the caller decides
-        raise
-    except (OSError, WebSocketException) as exc:
-        raise ConnectionLost(f"WebSocket failed: {exc}") from exc
+def _unpack_fragments(fragments: list[bytes], limit: int) -> list[Buffer]:
+    """The relay frames of a message received as ``fragments``.
+
+    When the sender put the header in the first fragment and each frame in a
+    fragment of its own (relay does for large messages), the fragments *are*
+    the frames: no join, no copy.  Otherwise they are joined and split.
+    """
+    if len(fragments) > 1:
+        start, lengths = _parse_header(fragments[0], limit)
+        if start == len(fragments[0]) and len(lengths) == len(fragments) - 1 and all(
+                len(f) == n for f, n in zip(fragments[1:], lengths, strict=True)):
+            return list(fragments[1:])
+        return unpack_message(b"".join(fragments), limit)
+    return unpack_message(fragments[0], limit)
 
 
-def _describe_close(exc: ConnectionClosed) -> str:
-    frame = exc.rcvd or exc.sent
+def _describe_close(protocol: Any) -> str:
+    frame = protocol.close_rcvd or protocol.close_sent
     if frame is None:
         return "no close frame (connection dropped)"
     return f"code {frame.code}" + (f", reason {frame.reason!r}" if frame.reason else "")
+
+
+class _Conn:
+    """A websockets sans-I/O protocol driven over a blocking socket.
+
+    Whoever holds ``_reader`` reads the socket (``recv`` in the caller's
+    thread, or the keepalive thread when nobody else reads); ``_lock`` guards
+    the protocol object and every write, so frames never interleave.
+    """
+
+    def __init__(self, sock: socket.socket, protocol: Any, *, ping_interval: float | None,
+                 ping_timeout: float | None, name: str) -> None:
+        self.sock = sock
+        self.protocol = protocol
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self._lock = threading.Lock()
+        self._reader = threading.Lock()
+        self._messages: collections.deque[tuple[bool, list[bytes]]] = collections.deque()
+        self._partial: list[bytes] = []
+        self._partial_text = False
+        self._pings: dict[bytes, float] = {}
+        self.lost: str | None = None
+        self._buffer = bytearray(READ_SIZE)
+        self._view = memoryview(self._buffer)
+        self._eof = False
+        self._broken = False
+        self._stop = threading.Event()
+        self._keepalive = threading.Thread(target=self._keepalive_loop, name=f"relay-ws-{name}",
+                                           daemon=True)
+
+    def start(self, events: Sequence[Any] = ()) -> _Conn:
+        """Take the events already parsed with the handshake, start the keepalive."""
+        for event in events:
+            self._on_event(event)
+        self._keepalive.start()
+        return self
+
+    # -- writing -----------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Write what the protocol has to send (caller holds ``_lock``)."""
+        chunks = self.protocol.data_to_send()
+        if not chunks:
+            return
+        try:
+            _send_chunks(self.sock, chunks)
+        except OSError as exc:
+            self._broken = True
+            self._lose(f"WebSocket failed while sending: {exc}")
+            raise ConnectionLost(self.lost) from exc
+
+    def send_message(self, parts: Sequence[Buffer], *, text: bool = False) -> None:
+        """Send one message made of ``parts`` (one fragment each).  Raises ConnectionLost."""
+        with self._lock:
+            if self.lost is not None or self.protocol.state is not State.OPEN:
+                raise ConnectionLost(self.lost or "the WebSocket is closing")
+            send_first = self.protocol.send_text if text else self.protocol.send_binary
+            last = len(parts) - 1
+            for i, part in enumerate(parts):
+                if i == 0:
+                    send_first(part, fin=last == 0)
+                else:
+                    self.protocol.send_continuation(part, fin=i == last)
+            self._flush()
+
+    # -- reading -----------------------------------------------------------------
+
+    def recv_message(self, timeout: float | None) -> tuple[bool, list[bytes]]:
+        """``(is_text, fragments)`` of the next message.  Raises TimeoutError, ConnectionLost."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._reader.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            raise TimeoutError
+        try:
+            while True:
+                if self._messages:
+                    return self._messages.popleft()
+                if self.lost is not None:
+                    raise ConnectionLost(self.lost)
+                if deadline is None:
+                    self._read(None)
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError
+                    self._read(remaining)
+        finally:
+            self._reader.release()
+
+    def _read(self, wait: float | None) -> None:
+        """Wait up to ``wait`` seconds for bytes and feed them (caller holds ``_reader``)."""
+        sock = self.sock
+        if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            try:
+                ready, _, _ = select.select([sock], [], [], wait)
+            except (OSError, ValueError) as exc:
+                self._lose(f"WebSocket failed: {exc}")
+                return
+            if not ready:
+                return
+        try:
+            # into a buffer reused for every read: no fresh 256 KiB allocation per read
+            count = sock.recv_into(self._buffer)
+        except (BlockingIOError, ssl.SSLWantReadError, TimeoutError):
+            return
+        except OSError as exc:
+            count = 0
+            reason = f"connection broken: {exc}"
+        else:
+            reason = ""
+        data = self._view[:count]
+        if not data:
+            self._eof = True
+        with self._lock:
+            if data:
+                self.protocol.receive_data(data)
+            else:
+                self.protocol.receive_eof()
+            events = self.protocol.events_received()
+            try:
+                self._flush()
+            except ConnectionLost:
+                pass
+        for event in events:
+            self._on_event(event)
+        if not data or self.protocol.state is State.CLOSED or self.protocol.close_rcvd:
+            self._lose(reason or f"WebSocket closed: {_describe_close(self.protocol)}")
+        elif self.protocol.close_sent is not None:  # the protocol gave up (size, garbage)
+            self._lose(f"WebSocket closed: {_describe_close(self.protocol)}")
+
+    def _on_event(self, event: Any) -> None:
+        if not isinstance(event, Frame):
+            return
+        if event.opcode in _DATA:
+            if event.opcode is not Opcode.CONT:
+                self._partial = []
+                self._partial_text = event.opcode is Opcode.TEXT
+            self._partial.append(bytes(event.data) if not isinstance(event.data, bytes)
+                                 else event.data)
+            if event.fin:
+                self._messages.append((self._partial_text, self._partial))
+                self._partial = []
+        elif event.opcode is Opcode.PONG:
+            self._pings.pop(bytes(event.data), None)
+
+    # -- keepalive -----------------------------------------------------------------
+
+    def _keepalive_loop(self) -> None:
+        tick = KEEPALIVE_TICK if not self.ping_interval else min(KEEPALIVE_TICK,
+                                                                 self.ping_interval / 2)
+        last_ping = time.monotonic()
+        while not self._stop.wait(tick):
+            if self.lost is not None:
+                return
+            if self._reader.acquire(blocking=False):  # nobody reads: answer pings ourselves
+                try:
+                    self._read(0)
+                finally:
+                    self._reader.release()
+            if not self.ping_interval:
+                continue
+            now = time.monotonic()
+            if self.ping_timeout and self._pings and \
+                    now - min(self._pings.values()) > self.ping_timeout:
+                self._lose(f"the peer sent no pong within ping_timeout={self.ping_timeout} s")
+                self.close(CLOSE_KEEPALIVE, "keepalive ping timeout")
+                return
+            if now - last_ping >= self.ping_interval:
+                payload = os.urandom(4)
+                try:
+                    with self._lock:
+                        if self.protocol.state is not State.OPEN:
+                            return
+                        self.protocol.send_ping(payload)
+                        self._pings[payload] = now
+                        self._flush()
+                except ConnectionLost:
+                    return
+                last_ping = now
+
+    # -- closing -------------------------------------------------------------------
+
+    def _lose(self, reason: str) -> None:
+        if self.lost is None:
+            self.lost = reason
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close: send a close frame (if still open) and wait up to :data:`CLOSE_TIMEOUT`
+        seconds for the peer's (so the frame and its reason reach it), then hang
+        up and stop the keepalive; idempotent."""
+        self._stop.set()
+        with self._lock:
+            if self.protocol.state is State.OPEN:
+                try:
+                    self.protocol.send_close(code, reason)
+                    self._flush()
+                except (ConnectionLost, WebSocketException):
+                    pass
+            # we (or the protocol, on bad input) sent a close frame the peer has not
+            # answered yet: give it time to read it before the connection goes
+            waiting = (self.protocol.close_sent is not None and self.protocol.close_rcvd is None
+                       and not self._eof and not self._broken)
+        if waiting and self._reader.acquire(timeout=CLOSE_TIMEOUT):
+            deadline = time.monotonic() + CLOSE_TIMEOUT
+            try:
+                while self.protocol.close_rcvd is None and not self._eof:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._read(remaining)
+            finally:
+                self._reader.release()
+        with self._lock:
+            self._lose(f"WebSocket closed here (code {code})")
+            try:
+                # read what the peer sent so that closing does not reset the
+                # connection (a reset may destroy our close frame in flight)
+                self.sock.setblocking(False)
+                while self.sock.recv(READ_SIZE):
+                    pass
+            except (OSError, ValueError):
+                pass
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, ValueError):
+                pass
+            self.sock.close()
+        if self._keepalive.is_alive() and threading.current_thread() is not self._keepalive:
+            self._keepalive.join(2.0)
 
 
 class WsChannel:
@@ -187,14 +445,14 @@ class WsChannel:
         headers: the upgrade request's headers (server side), or None.
     """
 
-    def __init__(self, connection: Any, limit: int, *, path: str = "",
-                 headers: Any = None) -> None:
-        self._connection = connection
+    def __init__(self, conn: _Conn, limit: int, *, path: str = "", headers: Any = None,
+                 on_close: Callable[[WsChannel], None] | None = None) -> None:
+        self._conn = conn
         self._limit = limit
         self.path = path
         self.headers = headers
-        self._closed = threading.Event()
-        self._lost: str | None = None
+        self._closed = False
+        self._on_close = on_close
 
     # -- relay frames -------------------------------------------------------
 
@@ -206,12 +464,10 @@ class WsChannel:
         if total > self._limit:
             raise MessageTooLarge(total, self._limit)
         header = pack_header(lengths)
-        with _lost():
-            if total <= SMALL_MESSAGE:
-                self._connection.send(b"".join([header, *frames]))
-            else:
-                self._connection.send(
-                    [header, *(_bytes_view(f) for f in frames)])
+        if total <= SMALL_MESSAGE or not frames:
+            self._conn.send_message([b"".join([header, *frames])])
+        else:
+            self._conn.send_message([header, *(_bytes_view(f) for f in frames)])
 
     def recv(self, timeout: float | None = None) -> list[Buffer]:
         """Receive one relay message within ``timeout`` seconds.
@@ -222,11 +478,11 @@ class WsChannel:
         Raises:
             Timeout, ConnectionLost.
         """
-        data = self.recv_raw(timeout)
-        if isinstance(data, str):
+        is_text, fragments = self._recv_fragments(timeout)
+        if is_text:
             self._reject(CLOSE_UNSUPPORTED, "relay/1 over WebSocket uses binary messages")
         try:
-            return unpack_message(data, self._limit)
+            return _unpack_fragments(fragments, self._limit)
         except MessageTooLarge as exc:
             self._reject(CLOSE_TOO_BIG, str(exc))
         except ValueError as exc:
@@ -234,8 +490,14 @@ class WsChannel:
 
     def _reject(self, code: int, reason: str) -> Any:
         self.close(code, reason[:120])
-        self._lost = f"closed the connection: {reason}"
-        raise ConnectionLost(f"peer sent an invalid message; {self._lost}")
+        raise ConnectionLost(f"peer sent an invalid message; closed the connection: {reason}")
+
+    def _recv_fragments(self, timeout: float | None) -> tuple[bool, list[bytes]]:
+        self._check_open()
+        try:
+            return self._conn.recv_message(timeout)
+        except TimeoutError:
+            raise Timeout(f"no message within {timeout} s") from None
 
     # -- raw WebSocket messages (for other wire formats) --------------------
 
@@ -245,53 +507,45 @@ class WsChannel:
         Raises: ConnectionLost.
         """
         self._check_open()
-        with _lost():
-            self._connection.send(data)
+        if isinstance(data, str):
+            self._conn.send_message([data.encode()], text=True)
+        else:
+            self._conn.send_message([data])
 
     def recv_raw(self, timeout: float | None = None) -> str | bytes:
         """The next whole WebSocket message (``str`` if text, ``bytes`` if binary).
 
         Raises:
             Timeout: nothing within ``timeout`` seconds (the channel stays usable).
-            ConnectionLost: the peer closed or the connection broke (size limit too).
+            ConnectionLost: the peer closed or the connection broke (size limit too);
+                a text message that is not UTF-8 closes with 1007.
         """
-        self._check_open()
+        is_text, fragments = self._recv_fragments(timeout)
+        data = fragments[0] if len(fragments) == 1 else b"".join(fragments)
+        if not is_text:
+            return data
         try:
-            with _lost():
-                return self._connection.recv(timeout=timeout)  # type: ignore[no-any-return]
-        except TimeoutError:
-            raise Timeout(f"no message within {timeout} s") from None
-        except ConnectionLost as exc:
-            self._lost = str(exc)
-            raise
+            return data.decode()
+        except UnicodeDecodeError:
+            self._reject(CLOSE_BAD_DATA, "text message is not UTF-8")
+            raise  # unreachable
 
     def _check_open(self) -> None:
-        if self._closed.is_set():
+        if self._closed:
             raise ConnectionLost("the WebSocket channel is closed")
-        if self._lost is not None:
-            raise ConnectionLost(self._lost)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection with a close ``code`` and ``reason``; idempotent."""
-        if self._closed.is_set():
+        if self._closed:
             return
-        self._closed.set()
-        try:
-            self._connection.close(code, reason)
-        except Exception:  # already broken: nothing more to release
-            log.debug("closing a WebSocket failed", exc_info=True)
+        self._closed = True
+        self._conn.close(code, reason)
+        if self._on_close is not None:
+            self._on_close(self)
 
     @property
     def closed(self) -> bool:
-        return self._closed.is_set()
-
-    def _wait_closed(self, poll: float = 0.2) -> None:
-        """Block (in the server's connection thread) until closed here or by the peer."""
-        from websockets.protocol import State
-
-        while not self._closed.wait(poll):
-            if self._connection.state is State.CLOSED:
-                return
+        return self._closed
 
 
 def _bytes_view(frame: Buffer) -> Buffer:
@@ -322,39 +576,102 @@ def _hostport(url: URL) -> tuple[str, int]:
     return url.host, url.port
 
 
+def _handshake_events(sock: socket.socket, protocol: Any, deadline: float,
+                      kind: type) -> tuple[Any, list[Any]]:
+    """Read until the protocol yields a ``kind`` (Request/Response); it and later events.
+
+    Raises:
+        TimeoutError, EOFError, OSError.
+    """
+    while True:
+        events = protocol.events_received()
+        for i, event in enumerate(events):
+            if isinstance(event, kind):
+                return event, events[i + 1:]
+        if protocol.handshake_exc is not None:  # not HTTP, or not a WebSocket answer
+            raise protocol.handshake_exc
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("handshake timed out")
+        sock.settimeout(remaining)
+        data = sock.recv(READ_SIZE)
+        if not data:
+            protocol.receive_eof()
+            if not protocol.events_received():
+                raise EOFError("connection closed during the handshake")
+        protocol.receive_data(data)
+
+
+def _send_chunks(sock: socket.socket, chunks: list[bytes]) -> None:
+    """Write ``chunks`` in order with as few system calls as possible (one
+    ``sendmsg`` gather for a plain socket); ``b""`` means half-close.  Raises OSError."""
+    if isinstance(sock, ssl.SSLSocket):
+        for chunk in chunks:
+            if chunk:
+                sock.sendall(chunk)
+            else:
+                sock.shutdown(socket.SHUT_WR)
+        return
+    views = [memoryview(c) for c in chunks if c]
+    while views:
+        sent = sock.sendmsg(views)
+        while sent and views:
+            if sent >= views[0].nbytes:
+                sent -= views[0].nbytes
+                views.pop(0)
+            else:
+                views[0] = views[0][sent:]
+                sent = 0
+    if chunks and not chunks[-1]:  # the protocol asks to half-close (after closing)
+        sock.shutdown(socket.SHUT_WR)
+
+
+def _blocking_with_send_deadline(sock: socket.socket, seconds: float) -> None:
+    """Blocking mode (reads wait in ``select`` first, so they never block), and a
+    kernel send timeout (``SO_SNDTIMEO``) so a peer that stops reading makes a
+    send fail with ConnectionLost after ``seconds`` instead of hanging."""
+    sock.settimeout(None)
+    whole = int(seconds)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        struct.pack("ll", whole, int((seconds - whole) * 1e6)))
+    except (OSError, struct.error):  # pragma: no cover - platform without it
+        log.debug("SO_SNDTIMEO is not available; sends have no deadline")
+
+
+def _write(sock: socket.socket, protocol: Any) -> None:
+    _send_chunks(sock, protocol.data_to_send())
+
+
 class WsListener:
-    """A WebSocket server (websockets' sync server in a background thread)."""
+    """A WebSocket server: an accept thread, and a short thread per handshake."""
 
     def __init__(self, url: URL, settings: Settings) -> None:
         host, port = _hostport(url)
         self._url = url
         self._settings = settings
         self._path = url.path
+        self._options = _options(url)
+        self._ssl = _server_ssl(url) if url.scheme == "wss" else None
         self._pending: queue.SimpleQueue[WsChannel | None] = queue.SimpleQueue()
         self._routes: dict[str, Callable[[WsChannel], None]] = {}
         self._channels: set[WsChannel] = set()
         self._lock = threading.Lock()
-        self._closed = False
-        context = _server_ssl(url) if url.scheme == "wss" else None
-        options = _options(url)
+        self._closed = threading.Event()
         try:
-            self._server = ws_server.serve(
-                self._handle, host, port,
-                ssl=context,
-                compression=None,
-                process_request=self._process_request,
-                server_header=f"relay websockets/{websockets.__version__}",
-                open_timeout=settings.connect_timeout,
-                ping_interval=options["ping_interval"],
-                ping_timeout=options["ping_timeout"],
-                close_timeout=CLOSE_TIMEOUT,
-                max_size=settings.max_message_size + HEADER_ROOM,
-            )
+            infos = socket.getaddrinfo(host or "127.0.0.1", port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+            family, kind, proto, _, address = infos[0]
+            self._sock = socket.socket(family, kind, proto)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._sock.bind(address)
+            self._sock.listen(128)
         except OSError as exc:
             raise TransportError(f"cannot listen on {url.render()}: {exc}") from exc
-        self._port = self._server.socket.getsockname()[1]
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name="relay-ws-server", daemon=True)
+        self._port = self._sock.getsockname()[1]
+        self._wake_r, self._wake_w = socket.socketpair()  # wakes the accept loop on close
+        self._thread = threading.Thread(target=self._accept_loop, name="relay-ws-server",
+                                        daemon=True)
         self._thread.start()
 
     @property
@@ -373,23 +690,73 @@ class WsListener:
         """
         self._routes[path] = handler
 
-    def _process_request(self, connection: Any, request: Any) -> Any:
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                ready, _, _ = select.select([self._sock, self._wake_r], [], [])
+                if self._sock not in ready:
+                    continue
+                sock, _ = self._sock.accept()
+            except (OSError, ValueError):
+                if self._closed.is_set():
+                    return
+                continue
+            threading.Thread(target=self._handshake, args=(sock,), name="relay-ws-handshake",
+                             daemon=True).start()
+
+    def _refusal(self, request: Request) -> tuple[http.HTTPStatus, str] | None:
         path = request.path.split("?", 1)[0]
         if self._path and path != self._path and path not in self._routes:
-            return connection.respond(http.HTTPStatus.NOT_FOUND,
-                                      f"no relay endpoint at {path}; try {self._path}\n")
+            return http.HTTPStatus.NOT_FOUND, f"no relay endpoint at {path}; try {self._path}\n"
         token = self._settings.token
         if token is not None:
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return connection.respond(http.HTTPStatus.UNAUTHORIZED,
-                                          "missing or wrong token in the Authorization header\n")
+                return (http.HTTPStatus.UNAUTHORIZED,
+                        "missing or wrong token in the Authorization header\n")
         return None
 
-    def _handle(self, connection: Any) -> None:
-        request = connection.request
-        channel = WsChannel(connection, self._settings.max_message_size,
-                            path=request.path, headers=request.headers)
+    def _handshake(self, sock: socket.socket) -> None:
+        """The opening handshake of one client (its own thread); then queue or route it."""
+        deadline = time.monotonic() + self._settings.connect_timeout
+        protocol = ServerProtocol(max_size=self._settings.max_message_size + HEADER_ROOM)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._ssl is not None:
+                sock.settimeout(self._settings.connect_timeout)
+                sock = self._ssl.wrap_socket(sock, server_side=True)
+            request, rest = _handshake_events(sock, protocol, deadline, Request)
+            refusal = self._refusal(request)
+            if refusal is not None:
+                response = protocol.reject(*refusal)
+            else:
+                response = protocol.accept(request)
+            response.headers["Server"] = USER_AGENT
+            protocol.send_response(response)
+            _write(sock, protocol)
+            if refusal is not None or protocol.state is not State.OPEN:
+                sock.close()
+                return
+        except WebSocketException as exc:  # a malformed request: answer 400, hang up
+            log.debug("WebSocket handshake failed: %s", exc)
+            try:
+                sock.sendall(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n"
+                             b"Content-Type: text/plain\r\nContent-Length: 29\r\n\r\n"
+                             b"not a WebSocket HTTP request\n")
+            except OSError:
+                pass
+            sock.close()
+            return
+        except (OSError, EOFError, TimeoutError, ssl.SSLError) as exc:
+            log.debug("WebSocket handshake failed: %s", exc)
+            sock.close()
+            return
+        _blocking_with_send_deadline(sock, self._settings.timeout)
+        conn = _Conn(sock, protocol, ping_interval=self._options["ping_interval"],
+                     ping_timeout=self._options["ping_timeout"], name="server")
+        channel = WsChannel(conn, self._settings.max_message_size, path=request.path,
+                            headers=request.headers, on_close=self._forget)
+        conn.start(rest)
         route = self._routes.get(request.path.split("?", 1)[0])
         if route is not None:
             try:
@@ -400,19 +767,19 @@ class WsListener:
                 channel.close()
             return
         with self._lock:
-            if self._closed:
+            if self._closed.is_set():
+                channel.close(1001, "server closing")
                 return
             self._channels.add(channel)
         self._pending.put(channel)
-        try:
-            channel._wait_closed()
-        finally:
-            with self._lock:
-                self._channels.discard(channel)
+
+    def _forget(self, channel: WsChannel) -> None:
+        with self._lock:
+            self._channels.discard(channel)
 
     def accept(self, timeout: float | None = None) -> WsChannel:
         """The next WebSocket connection to the listen path.  Raises Timeout, ConnectionLost."""
-        if self._closed:
+        if self._closed.is_set():
             raise ConnectionLost("listener closed")
         try:
             channel = self._pending.get(timeout=timeout)
@@ -423,17 +790,19 @@ class WsListener:
         return channel
 
     def close(self) -> None:
-        """Stop listening, close every connection, join the server threads; idempotent."""
+        """Stop listening, close every connection, join the accept thread; idempotent."""
         with self._lock:
-            if self._closed:
+            if self._closed.is_set():
                 return
-            self._closed = True
+            self._closed.set()
             channels = list(self._channels)
         self._pending.put(None)
+        self._wake_w.send(b"x")
         for channel in channels:
             channel.close(1001, "server closing")
-        self._server.shutdown()
         self._thread.join(5.0)
+        for sock in (self._sock, self._wake_r, self._wake_w):
+            sock.close()
 
 
 def _server_ssl(url: URL) -> ssl.SSLContext:
@@ -471,36 +840,44 @@ class WsTransport:
             ConnectError: refused, unreachable, TLS failure, or an HTTP answer
                 other than 101 (401 for a wrong token, 404 for a wrong path).
         """
-        _hostport(url)
-        uri = f"{url.scheme}://{url.address}"
-        options = _options(url)
-        headers = {}
-        if settings.token is not None:
-            headers["Authorization"] = f"Bearer {settings.token}"
+        host, port = _hostport(url)
+        context = _client_ssl(url) if url.scheme == "wss" else None
         try:
-            connection = ws_client.connect(
-                uri,
-                ssl=_client_ssl(url) if url.scheme == "wss" else None,
-                compression=None,
-                additional_headers=headers,
-                user_agent_header=f"relay websockets/{websockets.__version__}",
-                proxy=None,
-                open_timeout=timeout,
-                ping_interval=options["ping_interval"],
-                ping_timeout=options["ping_timeout"],
-                close_timeout=CLOSE_TIMEOUT,
-                max_size=settings.max_message_size + HEADER_ROOM,
-                **_LEGACY,
-            )
+            wsuri = parse_uri(f"{url.scheme}://{url.address}")
+        except InvalidURI as exc:
+            raise InvalidURL(url.render(), str(exc)) from exc
+        deadline = time.monotonic() + timeout
+        protocol = ClientProtocol(wsuri, max_size=settings.max_message_size + HEADER_ROOM)
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise ConnectError(f"cannot connect to {url.render()}: {exc}") from exc
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if context is not None:
+                sock = context.wrap_socket(sock, server_hostname=host)
+            request = protocol.connect()
+            request.headers["User-Agent"] = USER_AGENT
+            if settings.token is not None:
+                request.headers["Authorization"] = f"Bearer {settings.token}"
+            protocol.send_request(request)
+            _write(sock, protocol)
+            response, rest = _handshake_events(sock, protocol, deadline, Response)
+            if protocol.handshake_exc is not None:
+                raise protocol.handshake_exc
         except InvalidStatus as exc:
+            sock.close()
             response = exc.response
             body = response.body.decode(errors="replace").strip() if response.body else ""
             raise ConnectError(
                 f"{url.render()} refused the WebSocket: HTTP {response.status_code} "
                 f"{response.reason_phrase}" + (f" ({body})" if body else "")
             ) from exc
-        except InvalidURI as exc:
-            raise InvalidURL(url.render(), str(exc)) from exc
-        except (OSError, TimeoutError, InvalidHandshake, WebSocketException) as exc:
+        except (OSError, EOFError, TimeoutError, WebSocketException) as exc:
+            sock.close()
             raise ConnectError(f"cannot connect to {url.render()}: {exc}") from exc
-        return WsChannel(connection, settings.max_message_size, path=url.path)
+        _blocking_with_send_deadline(sock, settings.timeout)
+        options = _options(url)
+        conn = _Conn(sock, protocol, ping_interval=options["ping_interval"],
+                     ping_timeout=options["ping_timeout"], name="client")
+        return WsChannel(conn.start(rest), settings.max_message_size, path=url.path)

@@ -230,3 +230,45 @@ def test_route_hook_gets_raw_messages() -> None:
         listener.close()
     assert not any(t.name == "relay-ws-server" and t.is_alive()
                    for t in threading.enumerate() if t is not threading.current_thread())
+
+
+def test_keepalive_drops_a_silent_peer() -> None:
+    """A peer that never answers pings is dropped after ping_timeout (here 0.2 s)."""
+    from websockets.client import ClientProtocol
+    from websockets.uri import parse_uri
+
+    settings = Settings(connect_timeout=3.0)
+    url = make_url("ws://127.0.0.1:0/relay?ping_interval=0.1&ping_timeout=0.2")
+    listener = get_transport("ws").listen(url, settings)
+    try:
+        port = listener.address.port
+        protocol = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/relay"))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            protocol.send_request(protocol.connect())
+            for chunk in protocol.data_to_send():
+                sock.sendall(chunk)
+            server = listener.accept(5.0)
+            start = time.monotonic()
+            with pytest.raises(ConnectionLost, match="pong|closed"):
+                server.recv(5.0)      # nobody answers the server's pings
+            assert time.monotonic() - start < 2.0
+            server.close()
+    finally:
+        listener.close()
+
+
+def test_send_to_a_peer_that_stops_reading_fails_in_time() -> None:
+    """A frozen peer (reads nothing) makes a large send fail within the timeout."""
+    settings = Settings(connect_timeout=3.0, timeout=0.5, max_message_size=64 << 20)
+    listener = get_transport("ws").listen(make_url("ws://127.0.0.1:0/relay"), settings)
+    try:
+        client, server = TransportCompliance.connect_pair(listener, settings)
+        start = time.monotonic()
+        with pytest.raises(ConnectionLost):
+            for _ in range(20):          # nobody reads on the server side
+                client.send([bytes(8 << 20)])
+        assert time.monotonic() - start < 5.0
+        client.close()
+        server.close()
+    finally:
+        listener.close()
