@@ -153,10 +153,15 @@ def plugins() -> None:
 
 @main.command()
 def cleanup() -> None:
-    """Remove shared-memory segments (/dev/shm/relay_*) left by dead processes."""
-    from relay.transports.shm import sweep_orphans
+    """Remove shm:// leftovers of dead processes: /dev/shm/relay_* segments and
+    semaphores, and rendezvous sockets nobody listens on."""
+    from relay.transports.shm import sweep_orphans, sweep_sockets
 
     removed = sweep_orphans()
     for name in removed:
         click.echo(f"removed /dev/shm/{name}")
-    click.echo(f"relay cleanup: {len(removed)} orphaned segment(s) removed")
+    sockets = sweep_sockets()
+    for path in sockets:
+        click.echo(f"removed {path}")
+    click.echo(f"relay cleanup: {len(removed)} orphaned segment(s), "
+               f"{len(sockets)} stale socket(s) removed")

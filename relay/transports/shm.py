@@ -18,10 +18,14 @@ Segments
     on Linux).  Names are unlinked as soon as the peer has mapped them, so a
     crash after the handshake leaves nothing in ``/dev/shm``; a name still
     linked (a handshake or growth in progress) is unlinked on ``close``, at
-    interpreter exit and on SIGTERM/SIGINT (previous handlers are chained, so
-    ``KeyboardInterrupt`` still happens).  Names of SIGKILLed processes are
+    interpreter exit and on SIGTERM; previous handlers are chained.  SIGINT
+    only unlinks when it would kill the process outright: with Python's
+    default handler it becomes ``KeyboardInterrupt``, which a program may
+    catch and go on serving, so the exit hook does it then.  The listener's
+    socket file is removed the same way.  Names of SIGKILLed processes are
     swept on the next ``listen`` (:func:`sweep_orphans`; the pid in the name
-    must be dead) and by ``relay cleanup``.
+    must be dead) and by ``relay cleanup``, which also removes socket files
+    nobody listens on any more (:func:`sweep_sockets`).
 
     Layout of a segment (little-endian u64 words)::
 
@@ -134,6 +138,7 @@ __all__ = [
     "ShmTransport",
     "socket_path",
     "sweep_orphans",
+    "sweep_sockets",
 ]
 
 DEFAULT_SEGMENT_SIZE = 1 << 20
@@ -167,14 +172,16 @@ def _align(n: int) -> int:
 # Names this process created and that may still be linked: unlinked on close,
 # at exit and on SIGTERM/SIGINT.
 
-_linked: dict[str, str] = {}  # "/relay_..." -> "shm" | "sem"
+_linked: dict[str, str] = {}  # "/relay_..." -> "shm" | "sem"; socket path -> "sock"
 _linked_lock = threading.Lock()
 _hooks_installed = False
 
 
 def _unlink(name: str, kind: str) -> None:
     with contextlib.suppress(posix_ipc.ExistentialError, OSError):
-        if kind == "sem":
+        if kind == "sock":
+            os.unlink(name)
+        elif kind == "sem":
             posix_ipc.unlink_semaphore(name)
         else:
             posix_ipc.unlink_shared_memory(name)
@@ -198,10 +205,15 @@ def unlink_all() -> None:
 
 def _chain_signal(signum: int, previous: Any) -> Any:
     def handler(sig: int, frame: Any) -> None:
-        unlink_all()
         if callable(previous):
-            previous(sig, frame)  # default_int_handler raises KeyboardInterrupt
-        elif previous == signal.SIG_DFL:
+            # A Python handler: KeyboardInterrupt for SIGINT.  It may be caught
+            # and the program go on serving, so SIGINT unlinks nothing here
+            # (the atexit hook does, when the program does end).
+            if sig != signal.SIGINT:
+                unlink_all()
+            previous(sig, frame)
+        elif previous == signal.SIG_DFL:  # the process dies now: no atexit
+            unlink_all()
             signal.signal(sig, signal.SIG_DFL)
             os.kill(os.getpid(), sig)
 
@@ -337,6 +349,33 @@ def sweep_orphans(directory: Path = _SHM_DIR) -> list[str]:
         except OSError:
             continue
         removed.append(entry.name)
+    return removed
+
+
+def sweep_sockets() -> list[str]:
+    """Remove rendezvous socket files in this user's directory that nobody listens on.
+
+    Returns:
+        The removed paths.
+    """
+    removed: list[str] = []
+    try:
+        paths = sorted(_runtime_dir().glob("*.sock"))
+    except (OSError, TransportError):
+        return removed
+    for path in paths:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(0.5)
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(str(path))
+        except OSError:
+            pass
+        finally:
+            probe.close()
     return removed
 
 
@@ -925,6 +964,8 @@ class ShmListener:
             self._sock.close()
             raise
         self._inode = os.stat(self._path).st_ino
+        with _linked_lock:
+            _linked[str(self._path)] = "sock"
         self._closed = False
 
     def _bind(self) -> None:
@@ -1023,6 +1064,7 @@ class ShmListener:
         self._closed = True
         with contextlib.suppress(OSError):
             self._sock.close()
+        _forget(str(self._path), unlink=False)
         with contextlib.suppress(OSError):
             if os.stat(self._path).st_ino == self._inode:
                 os.unlink(self._path)

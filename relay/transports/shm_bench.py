@@ -188,7 +188,11 @@ LISTEN_URLS.setdefault("shm", "shm://relay-bench-{uid}")
 
 
 def _serve_raw(kind: str) -> None:
+    import signal
+
     from relay.bench import PAYLOADS
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the finally: unlink all
 
     replies = {name.encode(): b"".join(p.wire_frames()[1]) for name, p in PAYLOADS.items()}
     tag = f"{os.getpid()}_{secrets.token_hex(3)}"

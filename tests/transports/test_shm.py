@@ -26,7 +26,7 @@ from relay.core.errors import ConnectionLost, InvalidURL, RemoteEnvError
 from relay.core.plugins import get_transport
 from relay.core.url import URL, make_url
 from relay.testing import TransportCompliance
-from relay.transports.shm import sweep_orphans
+from relay.transports.shm import socket_path, sweep_orphans
 
 pytestmark = pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm")
 
@@ -260,6 +260,20 @@ def test_server_killed_mid_step_then_a_new_server_serves() -> None:
         server2.wait(10)
     assert server2.returncode == -signal.SIGTERM
     assert entries_of(server2.pid) == set()
+    assert not socket_path(name).exists()  # SIGTERM removed the rendezvous socket too
+
+
+def test_relay_cleanup_removes_the_socket_of_a_killed_listener() -> None:
+    name = unique_name()
+    server, _ = start_peer("serve", name)
+    server.kill()
+    server.wait(10)
+    assert socket_path(name).exists()
+    result = subprocess.run([sys.executable, "-m", "relay", "cleanup"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"removed {socket_path(name)}" in result.stdout
+    assert not socket_path(name).exists()
 
 
 def test_client_killed_mid_step_server_keeps_serving() -> None:
