@@ -23,6 +23,7 @@ from relay.core.errors import (
     ConnectionLost,
     MessageTooLarge,
     ProtocolError,
+    RelayError,
     RemoteError,
     Timeout,
 )
@@ -33,7 +34,7 @@ from relay.core.session import ClientSession, ServerSession, State
 from relay.core.url import URL
 from relay.transports.base import Channel
 
-__all__ = ["HANDSHAKE_CODEC", "ClientConnection", "remote_error", "serve_channel"]
+__all__ = ["HANDSHAKE_CODEC", "ClientConnection", "relay_codecs", "remote_error", "serve_channel"]
 
 HANDSHAKE_CODEC = JsonCodec()
 IDLE_POLL = 0.25
@@ -168,6 +169,24 @@ class ClientConnection:
 Handler = Callable[[Request], Response]
 
 
+def relay_codecs() -> list[str]:
+    """Names of the registered codecs a relay/1 server can negotiate.
+
+    Left out: peer protocols (``dm_env_rpc``, ``gymie``: they own the whole
+    connection and encode no relay/1 envelope) and codecs that cannot be loaded
+    here (a missing dependency).
+    """
+    names = []
+    for name in registered_codecs():
+        try:
+            codec = get_codec(name)
+        except RelayError:
+            continue
+        if getattr(codec, "serve", None) is None:
+            names.append(name)
+    return names
+
+
 def serve_channel(
     channel: Channel,
     handler: Handler,
@@ -182,9 +201,7 @@ def serve_channel(
     client that breaks the protocol or sends undecodable frames gets an
     ``Error`` (when possible) and is hung up on; nothing escapes to the caller.
     """
-    session = ServerSession(
-        [name for name in registered_codecs()], token=settings.token, server="relay"
-    )
+    session = ServerSession(relay_codecs(), token=settings.token, server="relay")
     try:
         frames = channel.recv(settings.connect_timeout)
         try:

@@ -822,6 +822,25 @@ def test_a_full_server_refuses_at_once_and_serves_again_when_a_client_leaves():
         second.close()
 
 
+def test_a_relay_server_does_not_negotiate_a_peer_protocol():
+    from relay.connection import HANDSHAKE_CODEC, relay_codecs
+    from relay.core.messages import Envelope, Hello, Welcome
+    from relay.core.plugins import get_transport
+    from relay.core.url import make_url
+
+    assert "dm_env_rpc" not in relay_codecs() and "msgpack" in relay_codecs()
+    with relay.serve("CartPole-v1", "memory://no-peer-protocols") as srv:
+        url = make_url(srv.address)
+        settings = srv.settings
+        channel = get_transport(url.scheme).connect(url, settings, timeout=5)
+        try:
+            channel.send(HANDSHAKE_CODEC.encode(Envelope(0, Hello(codecs=("dm_env_rpc",)))))
+            answer = HANDSHAKE_CODEC.decode(channel.recv(5)).message
+            assert not isinstance(answer, Welcome)
+        finally:
+            channel.close()
+
+
 def test_unreachable_server_is_a_connect_error(free_port):
     started = time.monotonic()
     with pytest.raises(relay.ConnectError):
