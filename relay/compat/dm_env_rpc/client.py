@@ -69,6 +69,7 @@ from relay.core.messages import (
     Step,
     Transition,
 )
+from relay.core.plugins import get_codec
 from relay.core.url import URL
 
 __all__ = ["DmEnvRpcConnection", "METHOD", "remote_error"]
@@ -114,7 +115,7 @@ class DmEnvRpcConnection:
                               f"got {url.scheme}://")
         self.url = url
         self.settings = settings
-        self.codec = None
+        self.codec = get_codec(settings.codec)  # the DmEnvRpcCodec (for introspection)
         target = grpc_target(url)
         options = grpc_options(settings, server=False)
         if url.scheme == "grpcs":
