@@ -155,6 +155,9 @@ ALIGN = 64
 KIND_MESSAGE = 0
 KIND_GROW = 1
 HELLO_LIMIT = 4096
+HELLO_TIMEOUT = 2.0
+"""Seconds ``accept`` waits for a connected client's hello line (a client sends it
+at once; a silent one must not hold up the clients behind it for long)."""
 PROTOCOL = "relay-shm/1"
 
 _W_SEQ, _W_CLOSED, _W_TIME, _R_SEQ, _R_CLOSED, _SLOT0 = 0, 1, 2, 8, 9, 16
@@ -172,7 +175,8 @@ def _align(n: int) -> int:
 # Names this process created and that may still be linked: unlinked on close,
 # at exit and on SIGTERM/SIGINT.
 
-_linked: dict[str, str] = {}  # "/relay_..." -> "shm" | "sem"; socket path -> "sock"
+_linked: dict[str, tuple[str, int]] = {}
+"""``"/relay_..."`` or a socket path -> (``"shm"`` | ``"sem"`` | ``"sock"``, creator pid)."""
 _linked_lock = threading.Lock()
 _hooks_installed = False
 
@@ -189,18 +193,23 @@ def _unlink(name: str, kind: str) -> None:
 
 def _forget(name: str, *, unlink: bool) -> None:
     with _linked_lock:
-        kind = _linked.pop(name, None)
-    if unlink and kind is not None:
-        _unlink(name, kind)
+        entry = _linked.pop(name, None)
+    if unlink and entry is not None and entry[1] == os.getpid():
+        _unlink(name, entry[0])
 
 
 def unlink_all() -> None:
-    """Unlink every name this process created that is still linked (exit hook)."""
+    """Unlink every name this process created that is still linked (exit hook).
+
+    A forked child inherits the table but never unlinks its parent's names.
+    """
     with _linked_lock:
         items = list(_linked.items())
         _linked.clear()
-    for name, kind in items:
-        _unlink(name, kind)
+    pid = os.getpid()
+    for name, (kind, owner) in items:
+        if owner == pid:
+            _unlink(name, kind)
 
 
 def _chain_signal(signum: int, previous: Any) -> Any:
@@ -245,7 +254,7 @@ def _create_segment(size: int) -> tuple[str, mmap.mmap]:
     for _ in range(8):
         name = _new_name()
         with _linked_lock:
-            _linked[name] = "shm"
+            _linked[name] = ("shm", os.getpid())
         try:
             shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
         except posix_ipc.ExistentialError:
@@ -271,7 +280,7 @@ def _create_semaphore() -> tuple[str, posix_ipc.Semaphore]:
     for _ in range(8):
         name = _new_name()
         with _linked_lock:
-            _linked[name] = "sem"
+            _linked[name] = ("sem", os.getpid())
         try:
             return name, posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=0o600,
                                              initial_value=0)
@@ -544,6 +553,8 @@ class ShmChannel:
         self._rseq = 0
         self._unreleased = False
         self._closed = False
+        self._released = False
+        self._active = 0  # send/recv calls in progress (close may come from another thread)
         self._lost: str | None = None
         self._old_in: list[_Segment] = []
         self._granted = False
@@ -562,6 +573,7 @@ class ShmChannel:
         """
         if self._closed or self._lost is not None:
             self._check_usable()
+        self._active += 1
         try:
             views: list[Buffer] = []
             sizes: list[int] = []
@@ -606,6 +618,10 @@ class ShmChannel:
             raise
         except (posix_ipc.Error, OSError) as exc:
             raise self._lose(f"cannot wake the shm peer: {exc}") from exc
+        finally:
+            self._active -= 1
+            if self._closed and not self._active:
+                self._release()
 
     def _publish(self, start: int, record: int, kind: int) -> None:
         ctl = self._out.ctl
@@ -693,6 +709,7 @@ class ShmChannel:
         """
         if self._closed or self._lost is not None:
             self._check_usable()
+        self._active += 1
         try:
             seg = self._in
             if self._unreleased:
@@ -713,6 +730,10 @@ class ShmChannel:
             if self._closed:
                 raise ConnectionLost("the shm channel was closed") from None
             raise
+        finally:
+            self._active -= 1
+            if self._closed and not self._active:
+                self._release()
 
     def _hint(self) -> bool:
         """Consume the semaphore post of a message seen without waiting; True."""
@@ -756,6 +777,8 @@ class ShmChannel:
         deadline = None if timeout is None else time.monotonic() + timeout
         sem = self._in_sem
         while True:
+            if self._closed:  # close() from another thread posted our semaphore
+                raise ConnectionLost("the shm channel was closed")
             if _STRONG_ORDER and ctl[_W_SEQ] > want:
                 self._learn(ctl[_W_TIME] - began)
                 return True
@@ -874,17 +897,30 @@ class ShmChannel:
         return ConnectionLost(reason)
 
     def close(self) -> None:
-        """Tell the peer, release the mappings, semaphores and socket; idempotent."""
+        """Tell the peer, release the mappings, semaphores and socket; idempotent.
+
+        From another thread while a ``send``/``recv`` runs, that call raises
+        ``ConnectionLost`` promptly and the resources are released when it
+        returns (never under its feet).
+        """
         if self._closed:
             return
         self._closed = True
         with contextlib.suppress(ValueError, IndexError, TypeError):
             self._out.ctl[_W_CLOSED] = 1
             self._in.ctl[_R_CLOSED] = 1
-        with contextlib.suppress(posix_ipc.Error, OSError):
-            self._out_sem.release()
+        for sem in (self._out_sem, self._in_sem):  # wake the peer, and our own waiter
+            with contextlib.suppress(posix_ipc.Error, OSError):
+                sem.release()
         for name in self._own_names:
             _forget(name, unlink=True)
+        if not self._active:
+            self._release()
+
+    def _release(self) -> None:
+        if self._released:
+            return
+        self._released = True
         for sem in (self._out_sem, self._in_sem):
             with contextlib.suppress(posix_ipc.Error, OSError):
                 sem.close()
@@ -965,7 +1001,7 @@ class ShmListener:
             raise
         self._inode = os.stat(self._path).st_ino
         with _linked_lock:
-            _linked[str(self._path)] = "sock"
+            _linked[str(self._path)] = ("sock", os.getpid())
         self._closed = False
 
     def _bind(self) -> None:
@@ -1030,7 +1066,8 @@ class ShmListener:
                 conn.close()
 
     def _handshake(self, conn: socket.socket) -> ShmChannel:
-        hello = _recv_line(conn, time.monotonic() + self._settings.connect_timeout)
+        hello = _recv_line(conn, time.monotonic() + min(self._settings.connect_timeout,
+                                                        HELLO_TIMEOUT))
         if hello.get("protocol") != PROTOCOL:
             _send_line(conn, {"error": f"expected {PROTOCOL}"})
             raise ConnectionLost("shm client speaks another protocol")

@@ -170,6 +170,20 @@ def test_no_names_remain_once_connected() -> None:
         client.close(), server.close(), listener.close()
 
 
+def test_close_from_another_thread_ends_a_blocked_recv() -> None:
+    listener, client, server = pair("shm://0?spin=0")
+    try:
+        threading.Timer(0.2, client.close).start()
+        start = time.monotonic()
+        with pytest.raises(ConnectionLost):
+            client.recv(10.0)
+        assert time.monotonic() - start < 2.0
+        with pytest.raises(ConnectionLost):
+            server.recv(5.0)  # and the peer hears of it
+    finally:
+        client.close(), server.close(), listener.close()
+
+
 def test_received_message_over_the_receivers_limit_drops_the_connection() -> None:
     transport = get_transport("shm")
     listener = transport.listen(make_url("shm://0"), Settings(max_message_size=1000))
