@@ -26,7 +26,7 @@ from relay.core.url import make_url
 bsuite = pytest.importorskip("bsuite")
 from bsuite.environments import catch  # noqa: E402
 
-URLS = ["memory://0", "grpc://127.0.0.1:0", "zmq+tcp://127.0.0.1:0"]
+URLS = ["memory://0", "shm://0", "grpc://127.0.0.1:0", "zmq+tcp://127.0.0.1:0"]
 
 
 def available(url: str) -> bool:

@@ -17,6 +17,7 @@ from relay.core.url import make_url
 
 URLS = [
     "memory://0",
+    "shm://0",
     "zmq+tcp://127.0.0.1:0",
     "grpc://127.0.0.1:0",
     "ws://127.0.0.1:0/env",
