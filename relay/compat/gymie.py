@@ -69,6 +69,7 @@ import inspect
 import itertools
 import json
 import logging
+import math
 import re
 import socket
 import ssl
@@ -241,6 +242,19 @@ def array_text(array: Any, *, json_style: bool) -> str | None:
     buffer[:, width:] = separators
     body = buffer[buffer != 0].tobytes()
     return "[" * array.ndim + body[:-2].decode("ascii") + "]" * array.ndim
+
+
+_PLAIN_ENCODER = json.JSONEncoder(default=_plain)
+
+
+def _json(value: Any) -> str:
+    """``json.dumps(value)``; numpy values as plain numbers instead of a TypeError."""
+    if type(value) is float and math.isfinite(value):
+        return repr(value)  # what json.dumps writes for a finite float
+    try:
+        return json.dumps(value)  # the cached default encoder: the fast path
+    except TypeError:
+        return _PLAIN_ENCODER.encode(value)
 
 
 def _bounds(array: np.ndarray) -> list[Any]:
@@ -475,10 +489,10 @@ class GymieSession:
         done = bool(answer.terminated or answer.truncated)
         obs = array_text(answer.obs, json_style=True)
         if obs is None:
-            obs = json.dumps(_tolist(answer.obs), default=_plain)
+            obs = _json(_tolist(answer.obs))
         # the text of json.dumps([obs, reward, done, info]), obs made above
-        return (f"[{obs}, {json.dumps(answer.reward, default=_plain)}, "
-                f"{'true' if done else 'false'}, {json.dumps(info, default=_plain)}]")
+        return (f"[{obs}, {_json(answer.reward)}, {'true' if done else 'false'}, "
+                f"{_json(info) if info else '{}'}]")
 
     def _close(self, instance_id: Any) -> str:
         instance = self._lookup(instance_id)
@@ -869,7 +883,7 @@ class GymieClientConnection:
             raise ConnectionLost(f"Gymie connection to {self.url.render()}: {self._lost}")
         from websockets.exceptions import ConnectionClosed
 
-        text = json.dumps({"method": method, "params": params}, default=_plain)
+        text = _json({"method": method, "params": params})
         try:
             self._ws.send(text)
             answer = self._ws.recv(timeout)
