@@ -393,12 +393,13 @@ class GymieSession:
 
     def receive(self, message: str | bytes) -> str | GymieClose:
         """The answer to one message (text or binary, as Gymie accepts both)."""
+        shown = message if isinstance(message, str) else repr(message)  # Gymie shows b'...'
         try:
             data = json.loads(message)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return GymieClose(1003, f"Message `{message}` is invalid")
+            return GymieClose(1003, f"Message `{shown}` is invalid")
         if not isinstance(data, dict):
-            return GymieClose(1003, f"Message `{message}` is invalid")
+            return GymieClose(1003, f"Message `{shown}` is invalid")
         if "method" not in data or "params" not in data:
             return GymieClose(1003, f"Message keys {list(data.keys())} are missing or invalid")
         method, params = data["method"], data["params"]
@@ -961,8 +962,8 @@ class GymieClientConnection:
             case Render():
                 return Frame(frame=None)  # Gymie renders on its own screen only
             case Close(instance=i):
-                remote = self._remotes.pop(i, None)
-                if remote is not None:
+                if i in self._remotes:
+                    remote = self._remotes.pop(i)
                     self._exchange("close", {"instance_id": remote.instance_id}, timeout)
                 return Closed()
         raise ConfigError(f"Gymie cannot answer {type(request).__name__}")
