@@ -562,6 +562,23 @@ def test_bad_requests_get_a_status_and_the_stream_goes_on(server):
         stock.close()
 
 
+def test_undecodable_bytes_end_only_that_stream(server):
+    channel = grpc.insecure_channel(_target(server))
+    try:
+        process = channel.stream_stream("/dm_env_rpc.v1.Environment/Process")
+        with pytest.raises(grpc.RpcError) as caught:
+            list(process(iter([b"\xff\xff\xff not a protobuf"]), timeout=5))
+        assert caught.value.code() == grpc.StatusCode.INTERNAL
+    finally:
+        channel.close()
+    env = relay.make(str(server.address), "CartPole-v1")
+    try:
+        env.reset(seed=0)
+        assert env.step(0)[1] == 1.0
+    finally:
+        env.close()
+
+
 def test_env_errors_carry_the_server_traceback(server):
     from google.rpc import error_details_pb2
 
