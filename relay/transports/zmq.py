@@ -71,15 +71,25 @@ HEARTBEAT_IVL_MS = 2000
 HEARTBEAT_TIMEOUT_MS = 10_000
 """A channel peer that answers no heartbeat for this long is dropped, milliseconds."""
 
+CHECK_INTERVAL = 0.1
+"""Seconds a waiting ``recv`` blocks before it looks at the monitor (peer death)."""
+CHECK_INTERVAL_MS = int(CHECK_INTERVAL * 1000)
+
 RENDEZVOUS_MAX_BYTES = 4096
 """MAXMSGSIZE of the rendezvous ROUTER: a hello is a few bytes."""
 
+RENDEZVOUS_HANDSHAKE_MS = 5000
+"""A connection to the rendezvous that sends no valid ZMTP greeting is dropped after this."""
+
 _FATAL_EVENTS = (
     zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_CLOSED  # a connecting socket gave up (reconnection is disabled)
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
+
+_MORE = zmq.NOBLOCK | zmq.SNDMORE
 
 _context_lock = threading.Lock()
 _context: zmq.Context | None = None
@@ -149,8 +159,8 @@ class ZmqChannel:
         self._send_timeout = settings.timeout
         self._ipc_path = ipc_path
         self._name = name
-        self._monitor = sock.get_monitor_socket(_FATAL_EVENTS)
-        self._pollset = [(sock, zmq.POLLIN), (self._monitor, zmq.POLLIN)]
+        self._monitor = sock.get_monitor_socket(_FATAL_EVENTS | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._rcvtimeo = -1
         self._closed = False
         self._lost: str | None = None
 
@@ -173,24 +183,38 @@ class ZmqChannel:
         if size > self._limit:
             raise MessageTooLarge(size, self._limit)
         try:
-            self._sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            self._send(frames)
         except zmq.Again:
             self._send_slow(frames)
         except zmq.ZMQError as exc:
             self._lost = f"{self._name}: send failed: {exc}"
             raise ConnectionLost(self._lost) from exc
 
+    def _send(self, frames: Sequence[Buffer]) -> None:
+        """One multipart message; frames from ``copy_threshold`` bytes on are not copied.
+
+        Raises zmq.Again when the first frame cannot be queued (no peer yet, or
+        its queue is full); later frames of a message never do (ZeroMQ queues a
+        multipart message atomically).
+        """
+        sock = self._sock
+        last = len(frames) - 1
+        for i, frame in enumerate(frames):
+            sock.send(frame, _MORE if i < last else zmq.NOBLOCK, copy=False)
+
     def _send_slow(self, frames: Sequence[Buffer]) -> None:
         deadline = time.monotonic() + self._send_timeout
         while True:
             self._check_monitor()
+            if self._lost is not None:
+                raise ConnectionLost(self._lost)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Timeout(f"{self._name}: peer took no message within "
                               f"{self._send_timeout} s")
             try:
-                if self._sock.poll(min(_ms(remaining), 100), zmq.POLLOUT):
-                    self._sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                if self._sock.poll(min(_ms(remaining), CHECK_INTERVAL_MS), zmq.POLLOUT):
+                    self._send(frames)
                     return
             except zmq.Again:
                 continue
@@ -201,6 +225,10 @@ class ZmqChannel:
     def recv(self, timeout: float | None = None) -> list[Buffer]:
         """Receive one message within ``timeout`` seconds (None: forever).
 
+        The hot path is one blocking ``zmq_msg_recv`` per frame (``RCVTIMEO``
+        of at most :data:`CHECK_INTERVAL`); the monitor is read only when that
+        times out, so a dead peer is noticed within ``CHECK_INTERVAL`` seconds.
+
         Raises:
             Timeout, ConnectionLost (peer gone, or a message over the limit).
         """
@@ -209,39 +237,67 @@ class ZmqChannel:
         sock = self._sock
         if self._lost is not None:
             timeout = 0.0  # deliver what already arrived, then ConnectionLost
-        deadline = None if timeout is None else time.monotonic() + timeout
-        ms = _ms(timeout)
+        if timeout is None or timeout > CHECK_INTERVAL:
+            wait_ms = CHECK_INTERVAL_MS
+        else:
+            wait_ms = _ms(timeout)
+        deadline = 0.0 if timeout is None else time.monotonic() + timeout
         try:
             while True:
-                ready = zmq.zmq_poll(self._pollset, ms)
-                if ready and ready[0][0] is sock:
-                    frames = sock.recv_multipart(copy=False)
-                    views: list[Buffer] = [f.buffer for f in frames]
-                    if len(views) > 1:
-                        size = sum(v.nbytes for v in views)
-                        if size > self._limit:
-                            self._lost = (f"{self._name}: received a message of {size} bytes, "
-                                          f"over max_message_size={self._limit}")
-                            self._teardown()
-                            raise ConnectionLost(self._lost)
-                    return views
-                if ready:
-                    self._check_monitor()
-                    continue
-                if deadline is None:
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if wait_ms != self._rcvtimeo:
+                    sock.setsockopt(zmq.RCVTIMEO, wait_ms)
+                    self._rcvtimeo = wait_ms
+                try:
+                    frame = sock.recv(0, copy=False)
+                except zmq.Again:
+                    if self._lost is None:
+                        self._check_monitor()
                     if self._lost is not None:
+                        raise ConnectionLost(self._lost) from None
+                    if timeout is None:
+                        continue
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise Timeout(f"{self._name}: no message within {timeout} s") from None
+                    wait_ms = min(CHECK_INTERVAL_MS, _ms(remaining))
+                    continue
+                frames: list[Buffer] = [frame.buffer]
+                if frame.more:
+                    size = len(frame)
+                    while frame.more:
+                        frame = sock.recv(0, copy=False)
+                        frames.append(frame.buffer)
+                        size += len(frame)
+                    if size > self._limit:
+                        self._lost = (f"{self._name}: received a message of {size} bytes, "
+                                      f"over max_message_size={self._limit}")
+                        self._teardown()
                         raise ConnectionLost(self._lost)
-                    raise Timeout(f"{self._name}: no message within {timeout} s")
-                ms = _ms(remaining)
+                return frames
         except zmq.ZMQError as exc:
             self._lost = f"{self._name}: receive failed: {exc}"
             raise ConnectionLost(self._lost) from exc
 
+    def _wait_connected(self, deadline: float) -> None:
+        """Wait for the ZMTP handshake with the peer (so either side sees a later death).
+
+        Raises:
+            ConnectError: the connection failed or did not complete by ``deadline``.
+        """
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._monitor.poll(_ms(remaining)):
+                self._teardown()
+                raise ConnectError(f"{self._name}: the channel endpoint did not answer in time")
+            event = int.from_bytes(self._monitor.recv_multipart()[0][:2], "little")
+            if event & _FATAL_EVENTS:
+                self._teardown()
+                raise ConnectError(f"{self._name}: could not connect to the channel endpoint")
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                return
+
     def _check_monitor(self) -> None:
-        """Drain monitor events; raise ConnectionLost if the peer is gone and no data waits."""
+        """Drain monitor events; note in ``_lost`` that the peer is gone."""
         lost = False
         try:
             while self._monitor.poll(0):
@@ -249,8 +305,6 @@ class ZmqChannel:
                 lost = lost or (int.from_bytes(event[0][:2], "little") & _FATAL_EVENTS) != 0
             if lost:
                 self._lost = f"{self._name}: the peer disconnected"
-            if self._lost is not None and not self._sock.poll(0, zmq.POLLIN):
-                raise ConnectionLost(self._lost)
         except zmq.ZMQError as exc:
             self._lost = f"{self._name}: monitor failed: {exc}"
             raise ConnectionLost(self._lost) from exc
@@ -287,6 +341,7 @@ class ZmqListener:
         self._closed = False
         self._ipc_path: str | None = None
         sock = _socket(zmq.ROUTER, RENDEZVOUS_MAX_BYTES)
+        sock.setsockopt(zmq.HANDSHAKE_IVL, RENDEZVOUS_HANDSHAKE_MS)
         try:
             if url.scheme == "zmq+tcp" and ":" in url.host:
                 sock.setsockopt(zmq.IPV6, 1)
@@ -417,10 +472,14 @@ class ZmqTransport:
                         break
         finally:
             hello.close(0)
-        if url.scheme == "zmq+ipc":
-            endpoint = f"ipc://{answer[1].decode(errors='replace')}"
-        else:
-            endpoint = _endpoint(url, int(answer[1]))
+        try:
+            if url.scheme == "zmq+ipc":
+                endpoint = f"ipc://{answer[1].decode()}"
+            else:
+                endpoint = _endpoint(url, int(answer[1]))
+        except ValueError as exc:
+            raise ConnectError(f"{target} gave a malformed channel address "
+                               f"{answer[1][:100]!r}") from exc
         sock = _socket(zmq.DEALER, settings.max_message_size)
         try:
             with _native(f"cannot connect to {target}", ConnectError):
@@ -431,6 +490,7 @@ class ZmqTransport:
                     sock.setsockopt(zmq.IPV6, 1)
                 channel = ZmqChannel(sock, settings, name=f"{target} (client)")
                 sock.connect(endpoint)
+                channel._wait_connected(deadline)
         except BaseException:
             if not sock.closed:
                 sock.close(0)

@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
-import pytest
+import contextlib
+import multiprocessing
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 
+import gymnasium as gym
+import numpy as np
+import pytest
+import zmq
+
+import relay
+from relay.core.config import Settings
+from relay.core.errors import ConnectError, ConnectionLost, InvalidURL, TransportError
 from relay.testing import TransportCompliance
+from relay.transports.zmq import RENDEZVOUS_MAX_BYTES, ZmqTransport
 
 
 class TestZmqTcp(TransportCompliance):
@@ -20,3 +37,231 @@ class TestZmqIpc(TransportCompliance):
     def _paths(self, tmp_path) -> None:
         self.url = f"zmq+ipc://{tmp_path}/relay.sock"
         self.unreachable_url = f"zmq+ipc://{tmp_path}/nobody.sock"
+
+
+# -- real servers, real peers --------------------------------------------------------
+
+SERVER_SCRIPT = """
+import sys, relay
+server = relay.serve("CartPole-v1", sys.argv[1])
+print(server.address, flush=True)
+server.serve_forever()
+"""
+
+
+@pytest.fixture
+def server_process():
+    """A relay server in a subprocess; yields (process, address)."""
+    procs = []
+
+    def start(url: str) -> tuple[subprocess.Popen, str]:
+        proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, url],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        procs.append(proc)
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "server process did not start"
+        return proc, proc.stdout.readline().strip()
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+@pytest.mark.parametrize("kind", ["tcp", "ipc"])
+def test_serve_and_make_cartpole(kind, tmp_path):
+    url = "zmq+tcp://127.0.0.1:0" if kind == "tcp" else f"zmq+ipc://{tmp_path}/relay.sock"
+    with relay.serve("CartPole-v1", url) as server:
+        if kind == "tcp":
+            assert server.address.port not in (None, 0)
+        env = relay.make(server.address)
+        local = gym.make("CartPole-v1")
+        try:
+            obs, _ = env.reset(seed=5)
+            expected, _ = local.reset(seed=5)
+            np.testing.assert_array_equal(obs, expected)
+            for action in [0, 1, 1, 0, 1]:
+                got = env.step(action)
+                want = local.step(action)
+                np.testing.assert_array_equal(got[0], want[0])
+                assert got[1:4] == want[1:4]
+                assert got[0].dtype == np.float32
+        finally:
+            env.close()
+            local.close()
+    if kind == "ipc":
+        assert list(tmp_path.iterdir()) == []  # rendezvous and channel files removed
+
+
+@pytest.mark.parametrize("kind", ["tcp", "ipc"])
+def test_server_killed_mid_episode(kind, tmp_path, server_process):
+    url = "zmq+tcp://127.0.0.1:0" if kind == "tcp" else f"zmq+ipc://{tmp_path}/relay.sock"
+    proc, address = server_process(url)
+    env = relay.make(address, timeout=5.0)
+    env.reset(seed=0)
+    env.step(0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    start = time.monotonic()
+    with pytest.raises(ConnectionLost):
+        env.step(1)
+    assert time.monotonic() - start < 5.0  # within the request deadline
+    start = time.monotonic()
+    for _ in range(3):
+        with pytest.raises(ConnectionLost):
+            env.step(0)
+    assert time.monotonic() - start < 0.5  # later calls fail fast
+    env.close()
+    env.close()
+
+
+def test_client_death_closes_its_envs():
+    closed = threading.Event()
+
+    class Watched(gym.Wrapper):
+        def close(self):
+            closed.set()
+            super().close()
+
+    def factory(env_id, **kwargs):
+        return Watched(gym.make("CartPole-v1"))
+
+    client = (
+        "import sys, time, relay\n"
+        "env = relay.make(sys.argv[1])\n"
+        "env.reset(seed=0)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    with relay.serve(factory, "zmq+tcp://127.0.0.1:0") as server:
+        proc = subprocess.Popen([sys.executable, "-c", client, str(server.address)],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+            proc.kill()
+            proc.wait(10)
+            assert closed.wait(5.0), "the dead client's env was not closed"
+        finally:
+            proc.kill()
+            proc.wait(10)
+            proc.stdout.close()
+
+
+def _assert_serves(address) -> None:
+    env = relay.make(address, connect_timeout=5.0)
+    try:
+        env.reset(seed=1)
+        assert env.step(0)[0].shape == (4,)
+    finally:
+        env.close()
+
+
+def test_garbage_bytes_on_the_server_port():
+    with relay.serve("CartPole-v1", "zmq+tcp://127.0.0.1:0") as server:
+        port = server.address.port
+        for garbage in [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", bytes(range(256)) * 40,
+                        b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03" * 100]:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                raw.sendall(garbage)
+                raw.settimeout(2)
+                with contextlib.suppress(OSError):
+                    while raw.recv(4096):  # ZeroMQ hangs up on a bad greeting
+                        pass
+        _assert_serves(server.address)
+
+
+def test_bad_zmq_messages_on_the_rendezvous():
+    with relay.serve("CartPole-v1", "zmq+tcp://127.0.0.1:0") as server:
+        ctx = zmq.Context()
+        try:
+            endpoint = f"tcp://127.0.0.1:{server.address.port}"
+            for message in ([b"garbage"], [b"relay-zmq/1", b"extra"], [b""],
+                            [b"x" * (RENDEZVOUS_MAX_BYTES + 1)]):
+                sock = ctx.socket(zmq.DEALER)
+                sock.linger = 0
+                sock.connect(endpoint)
+                sock.send_multipart(message)
+                assert not sock.poll(200), "the rendezvous answered a bad hello"
+                sock.close()
+            _assert_serves(server.address)
+        finally:
+            ctx.term()
+
+
+@pytest.mark.parametrize("kind", ["tcp", "ipc"])
+def test_oversized_frame_drops_only_that_connection(kind, tmp_path):
+    url = "zmq+tcp://127.0.0.1:0" if kind == "tcp" else f"zmq+ipc://{tmp_path}/relay.sock"
+    limit = 1 << 20
+    with relay.serve("CartPole-v1", url, max_message_size=limit) as server:
+        transport = ZmqTransport()
+        channel = transport.connect(server.address, Settings(max_message_size=8 * limit),
+                                    timeout=5.0)
+        try:
+            channel.send([b"x" * (2 * limit)])  # over the server's limit
+            with pytest.raises(ConnectionLost):
+                channel.recv(5.0)
+        finally:
+            channel.close()
+        _assert_serves(server.address)
+
+
+def test_connect_to_nobody_is_connect_error(free_port):
+    start = time.monotonic()
+    with pytest.raises(ConnectError):
+        relay.make(f"zmq+tcp://127.0.0.1:{free_port}", connect_timeout=1.0)
+    assert time.monotonic() - start < 3.0
+
+
+def test_native_errors_are_translated(tmp_path):
+    with relay.serve("CartPole-v1", "zmq+tcp://127.0.0.1:0") as server:
+        with pytest.raises(TransportError) as info:
+            relay.serve("CartPole-v1", server.address)  # address in use
+        assert isinstance(info.value.__cause__, zmq.ZMQError)
+    with pytest.raises(TransportError):
+        relay.serve("CartPole-v1", f"zmq+ipc://{tmp_path}/no/such/dir/relay.sock")
+    with pytest.raises(InvalidURL):
+        relay.serve("CartPole-v1", "zmq+tcp://127.0.0.1")
+
+
+def _child_connects(address: str) -> None:
+    env = relay.make(address, connect_timeout=5.0)
+    env.reset(seed=0)
+    env.step(0)
+    env.close()
+
+
+def test_fork_safe_context():
+    with relay.serve("CartPole-v1", "zmq+tcp://127.0.0.1:0") as server:
+        _assert_serves(server.address)  # the parent's context exists now
+        child = multiprocessing.get_context("fork").Process(
+            target=_child_connects, args=(str(server.address),))
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0
+        _assert_serves(server.address)
+
+
+def test_several_clients_at_once_each_their_own_socket():
+    with relay.serve("CartPole-v1", "zmq+tcp://127.0.0.1:0") as server:
+        envs = [relay.make(server.address) for _ in range(3)]
+        try:
+            firsts = [env.reset(seed=i)[0] for i, env in enumerate(envs)]
+            assert not np.array_equal(firsts[0], firsts[1])
+            for env in envs:
+                env.step(1)
+        finally:
+            for env in envs:
+                env.close()
+
+
+@pytest.mark.slow
+def test_relay_demo_runs_end_to_end():
+    result = subprocess.run([sys.executable, "-m", "relay", "demo", "--episodes", "2"],
+                            capture_output=True, text=True, timeout=50)
+    assert result.returncode == 0, result.stderr
+    assert "steps/s" in result.stdout
+    assert "zmq+ipc://" in result.stdout
