@@ -44,6 +44,7 @@ from google.rpc import code_pb2
 from gymnasium.utils.env_checker import check_env
 
 import relay
+import relay.bench  # noqa: F401  (registers relay-bench/FixedObs-v0)
 from relay.compat.dm_env_rpc import reference
 from relay.core.errors import ConfigError
 from relay.server import gymnasium_factory
@@ -577,6 +578,22 @@ def test_undecodable_bytes_end_only_that_stream(server):
         assert env.step(0)[1] == 1.0
     finally:
         env.close()
+
+
+def test_an_answer_over_max_message_size_is_an_error_status():
+    url = "grpc://127.0.0.1:0?codec=dm_env_rpc&max_message_size=100000"
+    with relay.serve(factory, url) as srv:
+        stock = _connect(srv)
+        try:
+            world = stock.send(pb.CreateWorldRequest(settings={
+                "env_id": _pack("relay-bench/FixedObs-v0"), "shape": _pack([400, 400]),
+                "dtype": _pack("uint8")})).world_name
+            stock.send(pb.JoinWorldRequest(world_name=world))
+            status = _status(lambda: stock.send(pb.StepRequest(requested_observations=[1])))
+            assert status.code == code_pb2.RESOURCE_EXHAUSTED and "max_message_size" in str(status)
+            assert stock.send(pb.StepRequest()).state == pb.EnvironmentStateType.RUNNING
+        finally:
+            stock.close()
 
 
 def test_env_errors_carry_the_server_traceback(server):

@@ -152,9 +152,10 @@ class StreamSession:
     Not thread-safe: gRPC runs one stream in one thread.
     """
 
-    def __init__(self, host: EnvHost, names: WorldNames) -> None:
+    def __init__(self, host: EnvHost, names: WorldNames, *, max_size: int = 2**31 - 1) -> None:
         self._host = host
         self._names = names
+        self._max_size = max_size
         self._worlds: dict[str, _World] = {}
         self._joined: _World | None = None
 
@@ -195,6 +196,12 @@ class StreamSession:
             response.error.CopyFrom(_Fail(
                 code_pb2.INTERNAL, f"{kind} failed: {type(exc).__name__}: {exc}",
                 "".join(traceback.format_exception(exc))).status())
+        size = response.ByteSize()
+        if size > self._max_size:  # gRPC would abort the stream: answer why instead
+            response.Clear()
+            response.error.CopyFrom(_Fail(
+                code_pb2.RESOURCE_EXHAUSTED, f"{kind}: the response of {size} bytes is over "
+                f"max_message_size={self._max_size} bytes (raise it on the server URL)").status())
         return response
 
     # -- worlds ------------------------------------------------------------------------
@@ -372,7 +379,8 @@ class StreamSession:
 
 class _Servicer(dm_env_rpc_pb2_grpc.EnvironmentServicer):
     def __init__(self, factory: EnvFactory, names: WorldNames, active: set[Any],
-                 lock: threading.Lock) -> None:
+                 lock: threading.Lock, max_size: int) -> None:
+        self._max_size = max_size
         self._factory = factory
         self._names = names
         self._active = active
@@ -381,7 +389,7 @@ class _Servicer(dm_env_rpc_pb2_grpc.EnvironmentServicer):
     def Process(  # noqa: N802 - the gRPC method name
         self, request_iterator: Iterator[pb.EnvironmentRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.EnvironmentResponse]:
-        session = StreamSession(EnvHost(self._factory), self._names)
+        session = StreamSession(EnvHost(self._factory), self._names, max_size=self._max_size)
         with self._lock:
             self._active.add(session)
         try:
@@ -490,7 +498,8 @@ class DmEnvRpcServer:
             maximum_concurrent_rpcs=max_clients,
         )
         dm_env_rpc_pb2_grpc.add_EnvironmentServicer_to_server(
-            _Servicer(factory, WorldNames(), self._active, self._lock), self._server)
+            _Servicer(factory, WorldNames(), self._active, self._lock,
+                      min(settings.max_message_size, 2**31 - 1)), self._server)
         target = grpc_target(url)
         try:
             if url.scheme == "grpcs":
