@@ -696,7 +696,10 @@ class GymieServer:
                     self._close(sock, protocol, answer.code, answer.reason)
                     return
                 protocol.send_text(answer.encode("utf-8"))
+            # a client slow to read gets settings.timeout seconds, not the idle poll
+            sock.settimeout(self.settings.timeout)
             _flush(sock, protocol)
+            sock.settimeout(IDLE_POLL)
             if protocol.state is not State.OPEN:  # the client closed, or broke the protocol
                 self._drain(sock, protocol)
                 return

@@ -302,11 +302,7 @@ def test_server_survives_what_gymie_does_not(server: relay.Server) -> None:
     code, reason = close_of(url, "x" * 300)
     assert code == 1003 and reason.startswith("Message `xxx") and len(reason.encode()) == 123
     # invalid UTF-8 in a text frame
-    with socket.create_connection(("127.0.0.1", server.address.port), timeout=10) as sock:
-        sock.sendall(b"GET /gym HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                     b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                     b"Sec-WebSocket-Version: 13\r\n\r\n")
-        assert sock.recv(4096).startswith(b"HTTP/1.1 101")
+    with raw_websocket(server.address.port) as sock:
         sock.sendall(bytes([0x81, 0x82, 0, 0, 0, 0, 0xC3, 0x28]))  # masked text, bad UTF-8
         frame = sock.recv(4096)
         assert frame[0] == 0x88 and int.from_bytes(frame[2:4], "big") == 1007
@@ -337,6 +333,82 @@ def test_server_refuses_bad_http_and_oversized_frames() -> None:
                 ws.recv(timeout=30)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
         assert gymie_sequence(url, "CartPole-v1")["steps"] == RECORDED["steps"]
+
+
+class BigObsEnv(gym.Env):
+    """A 2000x2000 uint8 frame per step: ~14 MB of Gymie JSON, more than socket buffers hold."""
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Box(0, 255, (2000, 2000), np.uint8)
+        self.action_space = gym.spaces.Discrete(2)
+        self.frame = np.random.default_rng(0).integers(0, 256, (2000, 2000), dtype=np.uint8)
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        return self.frame, {}
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        return self.frame, 1.0, False, False, {}
+
+
+def raw_websocket(port: int, *, rcvbuf: int | None = None) -> socket.socket:
+    """A socket after a WebSocket handshake on /gym, with no library reading behind it."""
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET /gym HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"Sec-WebSocket-Version: 13\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def send_text(sock: socket.socket, text: str) -> None:
+    data = text.encode()
+    assert len(data) < 65536
+    header = bytes([0x81, 0xFE]) + len(data).to_bytes(2, "big") + b"\0\0\0\0"  # mask 0
+    sock.sendall(header + data)
+
+
+def recv_text(sock: socket.socket) -> str:
+    def exactly(n: int) -> bytes:
+        chunks, got = [], 0
+        while got < n:
+            chunk = sock.recv(min(n - got, 1 << 20))
+            assert chunk, "connection closed"
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    first, second = exactly(2)
+    assert first == 0x81, first  # one unfragmented text frame
+    size = second & 0x7F
+    if size == 126:
+        size = int.from_bytes(exactly(2), "big")
+    elif size == 127:
+        size = int.from_bytes(exactly(8), "big")
+    return exactly(size).decode()
+
+
+def test_server_waits_for_a_client_slow_to_read() -> None:
+    with relay.serve(lambda env_id, **kw: BigObsEnv(), "ws://127.0.0.1:0/gym?codec=gymie") as srv:
+        with raw_websocket(srv.address.port, rcvbuf=4096) as sock:
+            send_text(sock, '{"method": "make", "params": {"env_id": "Big-v0"}}')
+            instance = recv_text(sock)
+            send_text(sock, json.dumps({"method": "reset", "params": {"instance_id": instance}}))
+            recv_text(sock)
+            send_text(sock, json.dumps({"method": "step", "params": {"instance_id": instance,
+                                                                     "action": 1}}))
+            threading.Event().wait(1.5)  # nobody reads: the server's send blocks meanwhile
+            answer = recv_text(sock)
+    obs, reward, done, info = json.loads(answer)
+    assert np.array_equal(np.asarray(obs, np.uint8), BigObsEnv().frame)
+    assert (reward, done, info) == (1.0, False, {})
 
 
 def test_server_serves_several_clients_at_once(server: relay.Server) -> None:
