@@ -548,6 +548,45 @@ def test_client_warns_that_gymie_ignores_seed_0(server: relay.Server) -> None:
         relay.make(server.address, "CartPole-v1", max_episode_steps=3)
 
 
+def test_client_times_out_on_a_hung_server_and_sees_a_dead_one() -> None:
+    from websockets.sync.server import serve as ws_serve
+
+    release = threading.Event()
+
+    def hung(websocket: Any) -> None:  # answers make, then never again
+        websocket.recv()
+        websocket.send("f" * 32)
+        for name in ("observation_space", "action_space"):
+            websocket.recv()
+            websocket.send(RECORDED[name])
+        release.wait(30)
+
+    with ws_serve(hung, "127.0.0.1", 0) as hung_server:
+        threading.Thread(target=hung_server.serve_forever, daemon=True).start()
+        port = hung_server.socket.getsockname()[1]
+        env = relay.make(f"ws://127.0.0.1:{port}/gym?codec=gymie", "CartPole-v1", timeout=1)
+        try:
+            with pytest.raises(relay.Timeout):
+                env.reset()
+            with pytest.raises(ConnectionLost):  # no request ids: the connection is spent
+                env.reset()
+        finally:
+            env.close()
+            release.set()
+            hung_server.shutdown()
+
+    server = relay.serve("CartPole-v1", "ws://127.0.0.1:0/gym?codec=gymie")
+    env = relay.make(server.address, "CartPole-v1")
+    try:
+        env.reset(seed=1)
+        server.close()
+        with pytest.raises(ConnectionLost):
+            env.step(0)
+    finally:
+        env.close()
+        server.close()
+
+
 def test_client_connect_errors() -> None:
     with pytest.raises(relay.ConnectError):
         relay.make("ws://127.0.0.1:1/gym?codec=gymie", "CartPole-v1", connect_timeout=2)
