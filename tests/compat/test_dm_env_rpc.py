@@ -591,7 +591,9 @@ def test_an_answer_over_max_message_size_is_an_error_status():
             stock.send(pb.JoinWorldRequest(world_name=world))
             status = _status(lambda: stock.send(pb.StepRequest(requested_observations=[1])))
             assert status.code == code_pb2.RESOURCE_EXHAUSTED and "max_message_size" in str(status)
-            assert stock.send(pb.StepRequest()).state == pb.EnvironmentStateType.RUNNING
+            # the stream goes on (that step happened: only its observation was too large)
+            step = pb.StepRequest(actions={1: _pack(1, np.int64)})
+            assert stock.send(step).state == pb.EnvironmentStateType.RUNNING
         finally:
             stock.close()
 
