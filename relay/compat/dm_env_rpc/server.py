@@ -9,7 +9,12 @@ each ``EnvironmentRequest`` into relay/1 requests, answers them with the same
 one ``EnvironmentResponse`` per request, in order.  Failures are a
 ``google.rpc.Status`` in the response's ``error`` field (with a
 ``google.rpc.DebugInfo`` detail carrying the server traceback when there is
-one); the stream stays usable.
+one); the stream stays usable.  An answer over ``max_message_size`` bytes
+becomes a RESOURCE_EXHAUSTED status (the request itself took effect), since
+gRPC would otherwise abort the stream.  Status codes: INVALID_ARGUMENT (bad
+settings, actions, uids), FAILED_PRECONDITION (wrong state: step before join,
+join twice, destroy while joined), NOT_FOUND (world), INTERNAL (the env
+raised), UNIMPLEMENTED (extensions).
 
 Protocol mapping (docs/v1/reference.md of dm_env_rpc):
 
