@@ -55,25 +55,37 @@ Growth
     a segment; a received record over the receiver's limit drops the
     connection (``ConnectionLost``).
 
-Wake-up (chosen by benchmark, see ``relay/bench_shm.py``)
+Wake-up (chosen by benchmark: ``relay/transports/shm_bench.py``)
     After publishing, the writer posts the reader's semaphore (``sem_post``:
     an atomic increment, a futex syscall only when someone sleeps).  The
-    reader checks ``wseq``, then spins for at most ``spin`` microseconds
-    calling ``sched_yield`` between checks (on 2 cores a pure busy-wait
-    starves the peer), then blocks in ``sem_timedwait`` in slices of
-    :data:`SLICE` seconds, checking the socket for EOF between slices.  The
-    semaphore is only a hint: ``wseq`` is the truth, so a stale count costs
-    one extra loop.  Measured on 2 cores: a UNIX-socket doorbell byte costs a
-    send and a recv syscall per message (+5-10 µs per round trip), the
-    semaphore is free when the reader caught the message while spinning.
-    Spinning is used only on x86 (total store order makes the ``wseq``
-    check safe without a fence); elsewhere every message is fetched after a
-    semaphore wait, whose acquire/release semantics order the memory.
+    reader checks ``wseq``; then it spins, polling for
+    :data:`PURE_SPIN_NS` and calling ``sched_yield`` between checks after
+    that (on 2 cores a pure busy-wait starves the peer: measured, a 50 µs
+    pure spin made round trips 2-3x *slower* when the peer shared the
+    core); then it blocks in ``sem_timedwait`` in slices of :data:`SLICE`
+    seconds, checking the socket for EOF between slices.  The spin budget
+    adapts: twice the peer's typical answer time, learned from the
+    publication timestamp the writer stores (so our own wake-up latency is
+    not counted), capped by ``spin``, and no spin at all when the peer
+    usually takes longer than ``spin`` (a slow agent or env costs no CPU).
+    The semaphore is only a hint: ``wseq`` is the truth, so a stale count
+    costs one extra loop.  Measured here (2 cores, raw ping-pong of relay's
+    bytes, median µs S/M/L): semaphore 12-16 / 9-27 / 21-27, UNIX-socket
+    doorbell byte (a send and a recv syscall per message) 16-17 / 15-45 /
+    25-48.  Waking a blocked peer costs 30-100 µs on this VM (futex + IPI),
+    which is what the spin avoids.  Spinning is used only on x86 (total
+    store order makes the ``wseq`` check safe without a fence); elsewhere
+    every message is fetched after a semaphore wait, whose acquire/release
+    semantics order the memory.  Where ``sem_timedwait`` is missing
+    (macOS), the blocking wait polls ``sem_trywait`` with a short sleep.
 
 Receive modes
-    By default ``recv`` returns fresh ``bytearray`` frames (one copy out of
-    the ring, writable, so the msgpack codec wraps them in numpy without
-    another copy, and consecutive observations never share memory).  With
+    By default ``recv`` returns ``bytearray`` frames that nobody else
+    references (one copy out of the ring, writable, so the msgpack codec
+    wraps them in numpy without another copy, and consecutive observations
+    never share memory).  Large buffers are recycled once the caller has
+    dropped every reference to them (:class:`_BufferPool`): a fresh 150 KB
+    buffer per step costs ~37 page faults, ~100 µs here.  With
     ``settings.zero_copy`` (``?zero_copy=1``) it returns ``memoryview`` s into
     the ring, valid until the next ``recv`` (their space is released then).
 
@@ -146,9 +158,9 @@ DEFAULT_SEGMENT_SIZE = 1 << 20
 DEFAULT_SPIN_US = 50.0
 """Spin budget before blocking, microseconds (``sched_yield`` between checks)."""
 SLICE = 0.05
+"""Longest single semaphore wait, seconds: the bound on noticing a dead peer."""
 PURE_SPIN_NS = 2_000
 """Nanoseconds of plain polling before the spin starts calling ``sched_yield``."""
-"""Longest single semaphore wait, seconds: the bound on noticing a dead peer."""
 HEADER = 4096
 SLOTS = 64
 ALIGN = 64
@@ -444,6 +456,7 @@ def _max_segment(limit: int) -> int:
 _U64 = struct.Struct("<Q")
 _STRUCTS: dict[int, struct.Struct] = {}
 _SEM_VALUE = bool(posix_ipc.SEMAPHORE_VALUE_SUPPORTED)
+_SEM_TIMEOUT = bool(posix_ipc.SEMAPHORE_TIMEOUT_SUPPORTED)
 
 
 def _words(count: int) -> struct.Struct:
@@ -795,8 +808,13 @@ class ShmChannel:
                     self._learn(time.monotonic_ns() - began)
                     return False
             try:
-                sem.acquire(wait)
+                if _SEM_TIMEOUT:
+                    sem.acquire(wait)
+                else:  # acquire(timeout) would wait forever: poll
+                    sem.acquire(0)
             except posix_ipc.BusyError:
+                if not _SEM_TIMEOUT:
+                    time.sleep(min(wait, 0.0002))
                 self._check_peer_alive()
                 continue
             except posix_ipc.SignalError:

@@ -53,6 +53,18 @@ class TestShmNoSpin(TransportCompliance):
     url = "shm://0?spin=0"
 
 
+class TestShmWithoutTimedWait(TransportCompliance):
+    """The wait used where sem_timedwait is missing (macOS): trywait and sleep."""
+
+    url = "shm://0?spin=0"
+
+    @pytest.fixture(autouse=True)
+    def no_timed_wait(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from relay.transports import shm
+
+        monkeypatch.setattr(shm, "_SEM_TIMEOUT", False)
+
+
 # ---------------------------------------------------------------------------
 # Helpers
 
