@@ -103,7 +103,8 @@ class _Service(dm_env_rpc_pb2_grpc.EnvironmentServicer):
         world = None
         join: dict[str, Any] | None = None
         fresh = True
-        actions = observations = None
+        actions: Any = None
+        observations: Any = None
         for request in request_iterator:
             response = pb.EnvironmentResponse()
             try:

@@ -109,7 +109,7 @@ def tensor_bytes(array: np.ndarray, payload: str, shape: bytes | None = None) ->
     """
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    data = memoryview(np.ascontiguousarray(array)).cast("B")  # C order, no copy if already
+    data = memoryview(np.ascontiguousarray(array)).cast("B")  # type: ignore[arg-type]
     size = data.nbytes
     head = _varint(size)
     return b"".join((  # one copy of the array's bytes
@@ -182,13 +182,13 @@ def _leaf_parts(space: gs.Space[Any], name: str) -> tuple[Any, ...]:
                 _bound(space.high, wire, math.inf))
     if isinstance(space, gs.Discrete):
         wire = _WIDEN.get(np.dtype(space.dtype), np.dtype(space.dtype))
-        start = int(space.start)
-        return wire, (), wire.type(start), wire.type(start + int(space.n) - 1)
+        first = int(space.start)
+        return wire, (), wire.type(first), wire.type(first + int(space.n) - 1)
     if isinstance(space, gs.MultiDiscrete):
         wire = _WIDEN.get(np.dtype(space.dtype), np.dtype(space.dtype))
-        start = np.asarray(space.start, dtype=wire)
-        return (wire, tuple(space.shape), _bound(start, wire, -math.inf),
-                _bound(start + np.asarray(space.nvec, dtype=wire) - 1, wire, math.inf))
+        starts = np.asarray(space.start, dtype=wire)
+        return (wire, tuple(space.shape), _bound(starts, wire, -math.inf),
+                _bound(starts + np.asarray(space.nvec, dtype=wire) - 1, wire, math.inf))
     if isinstance(space, gs.MultiBinary):
         wire = np.dtype(np.int8)
         return wire, tuple(space.shape), wire.type(0), wire.type(1)
