@@ -411,6 +411,8 @@ def _connect_retrying(url: URL, settings: Settings, stop: threading.Event) -> An
             return transport.connect(url, settings, timeout=max(remaining, 0.05))
         except ConnectError as exc:
             remaining = deadline - time.monotonic()
+            if getattr(exc, "permanent", False):  # e.g. HTTP 401: refused, not absent
+                raise
             if remaining <= 0 or stop.is_set():
                 raise ConnectError(
                     f"no agent listens on {url.render()} "

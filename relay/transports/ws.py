@@ -216,9 +216,10 @@ class _Conn:
     """
 
     def __init__(self, sock: socket.socket, protocol: Any, *, ping_interval: float | None,
-                 ping_timeout: float | None, name: str) -> None:
+                 ping_timeout: float | None, send_timeout: float, name: str) -> None:
         self.sock = sock
         self.protocol = protocol
+        self.send_timeout = send_timeout
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self._lock = threading.Lock()
@@ -251,7 +252,7 @@ class _Conn:
         if not chunks:
             return
         try:
-            _send_chunks(self.sock, chunks)
+            _send_chunks(self.sock, chunks, self.send_timeout)
         except OSError as exc:
             self._broken = True
             self._lose(f"WebSocket failed while sending: {exc}")
@@ -359,7 +360,9 @@ class _Conn:
         while not self._stop.wait(tick):
             if self.lost is not None:
                 return
-            if self._reader.acquire(blocking=False):  # nobody reads: answer pings ourselves
+            # nobody reads: read for them (answers pings), but queue at most one
+            # message, so a sender to a consumer that stopped reading is slowed down
+            if not self._messages and self._reader.acquire(blocking=False):
                 try:
                     self._read(0)
                 finally:
@@ -602,9 +605,15 @@ def _handshake_events(sock: socket.socket, protocol: Any, deadline: float,
         protocol.receive_data(data)
 
 
-def _send_chunks(sock: socket.socket, chunks: list[bytes]) -> None:
+def _send_chunks(sock: socket.socket, chunks: list[bytes], timeout: float | None = None) -> None:
     """Write ``chunks`` in order with as few system calls as possible (one
-    ``sendmsg`` gather for a plain socket); ``b""`` means half-close.  Raises OSError."""
+    ``sendmsg`` gather for a plain socket); ``b""`` means half-close.
+
+    Raises:
+        OSError: also ``TimeoutError`` when the whole write takes over ``timeout``
+            seconds (each blocked system call is bounded by ``SO_SNDTIMEO``).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
     if isinstance(sock, ssl.SSLSocket):
         for chunk in chunks:
             if chunk:
@@ -614,6 +623,8 @@ def _send_chunks(sock: socket.socket, chunks: list[bytes]) -> None:
         return
     views = [memoryview(c) for c in chunks if c]
     while views:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"the peer read nothing for {timeout} s")
         sent = sock.sendmsg(views)
         while sent and views:
             if sent >= views[0].nbytes:
@@ -753,7 +764,8 @@ class WsListener:
             return
         _blocking_with_send_deadline(sock, self._settings.timeout)
         conn = _Conn(sock, protocol, ping_interval=self._options["ping_interval"],
-                     ping_timeout=self._options["ping_timeout"], name="server")
+                     ping_timeout=self._options["ping_timeout"],
+                     send_timeout=self._settings.timeout, name="server")
         channel = WsChannel(conn, self._settings.max_message_size, path=request.path,
                             headers=request.headers, on_close=self._forget)
         conn.start(rest)
@@ -869,15 +881,17 @@ class WsTransport:
             sock.close()
             response = exc.response
             body = response.body.decode(errors="replace").strip() if response.body else ""
-            raise ConnectError(
+            refused = ConnectError(
                 f"{url.render()} refused the WebSocket: HTTP {response.status_code} "
-                f"{response.reason_phrase}" + (f" ({body})" if body else "")
-            ) from exc
+                f"{response.reason_phrase}" + (f" ({body})" if body else ""))
+            refused.permanent = True  # type: ignore[attr-defined]  # retrying cannot help
+            raise refused from exc
         except (OSError, EOFError, TimeoutError, WebSocketException) as exc:
             sock.close()
             raise ConnectError(f"cannot connect to {url.render()}: {exc}") from exc
         _blocking_with_send_deadline(sock, settings.timeout)
         options = _options(url)
         conn = _Conn(sock, protocol, ping_interval=options["ping_interval"],
-                     ping_timeout=options["ping_timeout"], name="client")
+                     ping_timeout=options["ping_timeout"], send_timeout=settings.timeout,
+                     name="client")
         return WsChannel(conn.start(rest), settings.max_message_size, path=url.path)

@@ -158,7 +158,7 @@ def test_token() -> None:
                            connect_timeout=10)
     env.reset(seed=0)
     env.close()
-    intruder = EnvProcess(token="wrong", connect_timeout=0.5)
+    intruder = EnvProcess(token="wrong", connect_timeout=5)
     with pytest.raises(Timeout):
         relay.listen_env("ws://127.0.0.1:0/env", on_listen=intruder, token="secret",
                          connect_timeout=1.0)
