@@ -766,6 +766,12 @@ def test_relay_client_mixed_spaces_and_errors(server):
                "buttons": np.zeros(2, np.int8)}
         with pytest.raises(relay.InvalidAction, match="above its maximum"):
             env.step(bad)
+        with pytest.raises(relay.InvalidAction):  # caught before sending
+            env.step({**bad, "force": np.zeros(3, np.float32)})
+        with pytest.raises(relay.InvalidAction):
+            env.step({**bad, "force": "not numbers"})
+        with pytest.raises(relay.InvalidAction):
+            env.step(3)
         done, steps = False, 0
         while not done:
             obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())

@@ -293,7 +293,11 @@ class DmEnvRpcConnection:
         assert self._observations is not None and self._actions is not None
         request = pb.StepRequest(requested_observations=list(self._uids.values()))
         if actions:
-            self._actions.pack_into(request.actions, actions, actions.keys())
+            try:
+                self._actions.pack_into(request.actions, actions, actions.keys())
+            except (CodecError, ValueError, TypeError, OverflowError) as exc:
+                raise InvalidAction(f"the action does not fit the action space "
+                                    f"{self._actions.space}: {exc}") from exc
         response = self.send(request, timeout)
         info: dict[str, Any] = {}
         values = {}
