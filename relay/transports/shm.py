@@ -463,7 +463,9 @@ def _words(count: int) -> struct.Struct:
     """The struct of a record's frame table: the count, then ``count`` lengths."""
     packer = _STRUCTS.get(count)
     if packer is None:
-        packer = _STRUCTS[count] = struct.Struct(f"<{count + 1}Q")
+        packer = struct.Struct(f"<{count + 1}Q")
+        if count <= 64:  # a peer's odd counts must not grow the cache
+            _STRUCTS[count] = packer
     return packer
 
 
@@ -569,7 +571,6 @@ class ShmChannel:
         self._released = False
         self._active = 0  # send/recv calls in progress (close may come from another thread)
         self._lost: str | None = None
-        self._old_in: list[_Segment] = []
         self._granted = False
         self._typical = spin // 2  # running typical wait for a message, ns
         self._pool = _BufferPool()
@@ -885,7 +886,10 @@ class ShmChannel:
             raise self._lose(str(exc)) from exc
         self._rseq += 1
         seg.ctl[_R_SEQ] = self._rseq
-        self._old_in.append(seg)  # zero-copy frames of the last message may view it
+        # The writer has left the old segment.  Zero-copy frames of the previous
+        # message may still view it (they expired with this recv): then the
+        # mapping lives on until they are freed, as _Segment.close allows.
+        seg.close()
         self._in = new
         self._rseq = 0
         self._granted = True  # the writer posted once for the grow and its message
@@ -944,9 +948,8 @@ class ShmChannel:
                 sem.close()
         with contextlib.suppress(OSError):
             self._sock.close()
-        for seg in (self._out, self._in, *self._old_in):
+        for seg in (self._out, self._in):
             seg.close()
-        self._old_in.clear()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
