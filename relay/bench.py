@@ -362,6 +362,8 @@ def _raw_zmq_case(kind: str) -> Callable[[Sequence[Payload], int], CaseResult]:
     def run_case(payloads: Sequence[Payload], steps: int) -> CaseResult:
         import zmq
 
+        from relay.transports.zmq import ZERO_COPY_MIN
+
         tmp = tempfile.mkdtemp(prefix="rb-")
         ctx = zmq.Context()
         try:
@@ -371,6 +373,7 @@ def _raw_zmq_case(kind: str) -> Callable[[Sequence[Payload], int], CaseResult]:
                     request, _ = payload.wire_frames()
                     sock = ctx.socket(zmq.DEALER)
                     sock.linger = 0
+                    sock.copy_threshold = ZERO_COPY_MIN  # the same socket use as zmq.py
                     sock.connect(address)
                     try:
                         sock.send_multipart([b"payload", payload.name.encode()])
@@ -436,10 +439,13 @@ def _serve_raw_zmq(endpoint: str) -> None:
     """A ROUTER that answers each step with relay's reply bytes for the client's payload."""
     import zmq
 
+    from relay.transports.zmq import ZERO_COPY_MIN
+
     replies = {name.encode(): p.wire_frames()[1] for name, p in PAYLOADS.items()}
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.linger = 0
+    sock.copy_threshold = ZERO_COPY_MIN
     sock.bind(endpoint)
     print(sock.getsockopt_string(zmq.LAST_ENDPOINT), flush=True)
     chosen: dict[bytes, list[bytes]] = {}
@@ -470,9 +476,12 @@ class Result:
     vs_in_process: float | None = None
 
 
-def _all_cases() -> list[Case]:
+def _all_cases(log: Callable[[str], None] = print) -> list[Case]:
     for module in CASE_MODULES:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # one broken case module must not stop the others
+            log(f"cannot load the cases of {module}: {type(exc).__name__}: {exc}")
     from relay.core import plugins
 
     cases = dict(CASES)
@@ -491,7 +500,7 @@ def run(*, steps: int = 2000, only: Sequence[str] = (), payloads: Sequence[str] 
         only: substrings; a case runs if its name contains one (empty: all).
     """
     chosen_payloads = [PAYLOADS[p] for p in payloads]
-    cases = _all_cases()
+    cases = _all_cases(log)
     by_name = {c.name: c for c in cases}
     wanted = {c.name for c in cases if not only or any(s in c.name for s in only)}
     wanted |= {by_name[c].baseline for c in list(wanted)
