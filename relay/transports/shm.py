@@ -593,10 +593,10 @@ class ShmChannel:
             sizes: list[int] = []
             size = record = 0
             for frame in frames:
-                kind = type(frame)
-                if kind is bytes or kind is bytearray:
+                if isinstance(frame, (bytes, bytearray)):
                     n = len(frame)
-                elif kind is memoryview and frame.format == "B" and frame.c_contiguous:
+                elif (isinstance(frame, memoryview) and frame.format == "B"
+                      and frame.c_contiguous):
                     n = frame.nbytes
                 else:
                     frame = _frame_view(frame)
@@ -1096,13 +1096,13 @@ class ShmListener:
         limit = _max_segment(self._settings.max_message_size)
         opened: list[Any] = []
         try:
-            in_map = _open_segment(hello.get("c2s"), limit)
+            in_map = _open_segment(str(hello.get("c2s")), limit)
             opened.append(in_map)
-            out_map = _open_segment(hello.get("s2c"), limit)
+            out_map = _open_segment(str(hello.get("s2c")), limit)
             opened.append(out_map)
-            in_sem = _open_semaphore(hello.get("sem_c2s"))
+            in_sem = _open_semaphore(str(hello.get("sem_c2s")))
             opened.append(in_sem)
-            out_sem = _open_semaphore(hello.get("sem_s2c"))
+            out_sem = _open_semaphore(str(hello.get("sem_s2c")))
             opened.append(out_sem)
             _send_line(conn, {"ok": True, "pid": os.getpid()})
         except BaseException as exc:

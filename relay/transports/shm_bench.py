@@ -134,6 +134,7 @@ def _raw_case(kind: str) -> Any:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 sock.connect(names["sock"])
                 wake = waiter = sock
+            assert c2s.buf is not None and s2c.buf is not None
             end = _RawEnd(c2s.buf, s2c.buf, wake, waiter, kind)
             try:
                 for payload in payloads:
@@ -269,6 +270,7 @@ def _serve_raw(kind: str) -> None:
         if listener is not None:
             conn, _ = listener.accept()
             wake = waiter = conn
+        assert c2s.buf is not None and s2c.buf is not None
         end = _RawEnd(s2c.buf, c2s.buf, wake, waiter, kind)
         reply = b""
         while True:
