@@ -189,19 +189,36 @@ WARMUP = 200
 """Untimed steps before timing starts."""
 
 
+TIME_BUDGET = 4.0
+"""Seconds of timed steps per row and payload at most (then fewer steps are kept,
+at least :data:`MIN_STEPS`); warm-up gets a quarter of it.  Keeps slow rows short."""
+
+MIN_STEPS = 20
+
+
 def time_calls(fn: Callable[[], Any], steps: int, warmup: int = WARMUP) -> list[float]:
-    """Seconds taken by each of ``steps`` calls of ``fn`` (after ``warmup`` calls)."""
+    """Seconds taken by each of ``steps`` calls of ``fn`` (after ``warmup`` calls).
+
+    Stops early after :data:`TIME_BUDGET` seconds (keeping at least :data:`MIN_STEPS`).
+    """
+    clock = time.perf_counter
+    stop_warmup = clock() + TIME_BUDGET / 4
     for _ in range(warmup):
         fn()
-    clock = time.perf_counter
-    out = [0.0] * steps
+        if clock() > stop_warmup:
+            break
+    out: list[float] = []
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
+        stop = clock() + TIME_BUDGET
         for i in range(steps):
             start = clock()
             fn()
-            out[i] = clock() - start
+            end = clock()
+            out.append(end - start)
+            if end > stop and i >= MIN_STEPS:
+                break
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -209,19 +226,31 @@ def time_calls(fn: Callable[[], Any], steps: int, warmup: int = WARMUP) -> list[
 
 
 def time_env(env: gym.Env, steps: int, warmup: int = WARMUP) -> list[float]:
-    """Seconds per ``env.step`` (actions 1, 0, 1, ...; resets when done are not timed)."""
+    """Seconds per ``env.step`` (actions 1, 0, 1, ...; resets when done are not timed).
+
+    Stops early after :data:`TIME_BUDGET` seconds (keeping at least :data:`MIN_STEPS`).
+    """
     env.reset(seed=0)
     clock = time.perf_counter
     out: list[float] = []
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for i in range(warmup + steps):
+        stop = clock() + (TIME_BUDGET / 4 if warmup else TIME_BUDGET)
+        i = 0
+        while len(out) < steps:
             start = clock()
             _, _, terminated, truncated, _ = env.step(i & 1)
-            elapsed = clock() - start
-            if i >= warmup:
-                out.append(elapsed)
+            end = clock()
+            if i < warmup:
+                if i + 1 == warmup or end > stop:  # warm-up done (or over its budget)
+                    warmup = i + 1
+                    stop = end + TIME_BUDGET
+            else:
+                out.append(end - start)
+                if end > stop and len(out) >= MIN_STEPS:
+                    break
+            i += 1
             if terminated or truncated:
                 env.reset()
     finally:
@@ -493,34 +522,49 @@ def _all_cases(log: Callable[[str], None] = print) -> list[Case]:
 
 
 def run(*, steps: int = 2000, only: Sequence[str] = (), payloads: Sequence[str] = "SML",
-        log: Callable[[str], None] = print) -> list[Result]:
+        rounds: int = 1, log: Callable[[str], None] = print) -> list[Result]:
     """Run the selected cases (plus their baselines and in-process) and return results.
 
     Args:
         only: substrings; a case runs if its name contains one (empty: all).
+        rounds: run every selected case this many times, one round after the
+            other (so slow phases of a shared machine hit every row alike); a
+            row's median and p90 are over the steps of all rounds.
     """
     chosen_payloads = [PAYLOADS[p] for p in payloads]
     cases = _all_cases(log)
     by_name = {c.name: c for c in cases}
     wanted = {c.name for c in cases if not only or any(s in c.name for s in only)}
-    wanted |= {by_name[c].baseline for c in list(wanted)
-               if by_name[c].baseline in by_name}  # type: ignore[misc]
+    for name in list(wanted):
+        baseline = by_name[name].baseline
+        if baseline is not None and baseline in by_name:
+            wanted.add(baseline)
     wanted.add(IN_PROCESS)
+    samples: dict[tuple[str, str], list[float]] = {}
+    for round_number in range(1, rounds + 1):
+        for case in cases:
+            if case.name not in wanted:
+                continue
+            started = time.monotonic()
+            prefix = f"round {round_number}/{rounds}: " if rounds > 1 else ""
+            log(f"{prefix}running {case.name} ...")
+            try:
+                for payload_name, times in case.run(chosen_payloads, steps):
+                    samples.setdefault((case.name, payload_name), []).extend(times)
+            except Unavailable as exc:
+                log(f"  skipped: {exc}")
+            except Exception as exc:  # one broken row must not lose the others
+                log(f"  failed: {type(exc).__name__}: {exc}")
+            log(f"  {time.monotonic() - started:.1f} s")
     results: list[Result] = []
     for case in cases:
-        if case.name not in wanted:
-            continue
-        log(f"running {case.name} ...")
-        try:
-            for payload_name, times in case.run(chosen_payloads, steps):
+        for payload in chosen_payloads:
+            times = samples.get((case.name, payload.name))
+            if times:
                 us = np.asarray(times) * 1e6
-                results.append(Result(case.name, case.group, payload_name, len(us),
+                results.append(Result(case.name, case.group, payload.name, len(us),
                                       float(np.median(us)), float(np.percentile(us, 90)),
                                       baseline=case.baseline))
-        except Unavailable as exc:
-            log(f"  skipped: {exc}")
-        except Exception as exc:  # one broken row must not lose the others
-            log(f"  failed: {type(exc).__name__}: {exc}")
     medians = {(r.case, r.payload): r.median_us for r in results}
     for r in results:
         if r.baseline and (r.baseline, r.payload) in medians:
@@ -547,13 +591,14 @@ def _rows(results: Sequence[Result], payloads: Sequence[str]) -> tuple[list[str]
 
 
 def report(results: Sequence[Result], payloads: Sequence[str], out_dir: Path | None,
-           *, steps: int) -> tuple[Path, Path] | None:
+           *, steps: int, rounds: int = 1) -> tuple[Path, Path] | None:
     """Print the table; write ``bench-<UTC time>.csv`` and ``.md`` into ``out_dir``."""
     from rich.console import Console
     from rich.table import Table
 
     header, rows = _rows(results, payloads)
-    title = (f"relay round trip per env.step, {steps} steps "
+    title = (f"relay round trip per env.step, {steps} steps"
+             f"{f' x {rounds} rounds' if rounds > 1 else ''} "
              f"({', '.join(f'{p}: {PAYLOADS[p].description}' for p in payloads)})")
     table = Table(title=title)
     for i, name in enumerate(header):
@@ -587,13 +632,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", default="",
                         help="comma-separated substrings of case names (baselines are added)")
     parser.add_argument("--payloads", default="S,M,L", help="comma-separated subset of S,M,L")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every row this many times, round after round (noise)")
     parser.add_argument("--out", default="benchmarks/results",
                         help="directory for the CSV and Markdown results ('' for none)")
     args = parser.parse_args(argv)
-    return bench(steps=args.steps, only=args.only, payloads=args.payloads, out=args.out)
+    return bench(steps=args.steps, only=args.only, payloads=args.payloads, out=args.out,
+                 rounds=args.rounds)
 
 
-def bench(*, steps: int, only: str, payloads: str, out: str) -> int:
+def bench(*, steps: int, only: str, payloads: str, out: str, rounds: int = 1) -> int:
     """The body of ``relay bench`` and ``benchmarks/run.py``; returns an exit code."""
     chosen = [p.strip().upper() for p in payloads.split(",") if p.strip()]
     unknown = [p for p in chosen if p not in PAYLOADS]
@@ -602,9 +650,10 @@ def bench(*, steps: int, only: str, payloads: str, out: str) -> int:
         return 2
     substrings = [s.strip() for s in only.split(",") if s.strip()]
     start = time.monotonic()
-    results = run(steps=steps, only=substrings, payloads=chosen,
+    results = run(steps=steps, only=substrings, payloads=chosen, rounds=max(rounds, 1),
                   log=lambda text: print(text, file=sys.stderr, flush=True))
-    paths = report(results, chosen, Path(out) if out else None, steps=steps)
+    paths = report(results, chosen, Path(out) if out else None, steps=steps,
+                   rounds=max(rounds, 1))
     print(f"{time.monotonic() - start:.0f} s", file=sys.stderr)
     if paths:
         print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)

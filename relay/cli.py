@@ -124,13 +124,15 @@ def demo(env_id: str, url: str | None, episodes: int) -> None:
               "(their baselines and in-process are added).")
 @click.option("--payloads", default="S,M,L", show_default=True,
               help="S: CartPole, M: 84x84x4 uint8, L: 3x224x224 uint8.")
+@click.option("--rounds", default=1, show_default=True, type=int,
+              help="Run every row this many times, round after round (shared-machine noise).")
 @click.option("--out", default="benchmarks/results", show_default=True,
               help="Directory for the CSV and Markdown results ('' for none).")
-def bench(steps: int, only: str, payloads: str, out: str) -> None:
+def bench(steps: int, only: str, payloads: str, rounds: int, out: str) -> None:
     """Median round trip per env.step over every transport vs raw libraries."""
     from relay.bench import bench as run_bench
 
-    sys.exit(run_bench(steps=steps, only=only, payloads=payloads, out=out))
+    sys.exit(run_bench(steps=steps, only=only, payloads=payloads, out=out, rounds=rounds))
 
 
 @main.command()
