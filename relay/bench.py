@@ -428,6 +428,45 @@ bench_case("raw pyzmq ipc", group="raw")(_raw_zmq_case("ipc"))
 bench_case("raw pyzmq tcp", group="raw")(_raw_zmq_case("tcp"))
 
 
+def _zmq_channel_case(kind: str) -> Callable[[Sequence[Payload], int], CaseResult]:
+    """relay's ZmqChannel alone (no codec, session or env): the transport's own cost."""
+
+    def run_case(payloads: Sequence[Payload], steps: int) -> CaseResult:
+        from relay.core.config import Settings
+        from relay.core.url import make_url
+        from relay.transports.zmq import ZmqTransport
+
+        tmp = tempfile.mkdtemp(prefix="rb-")
+        try:
+            url = f"zmq+{kind}://{tmp}/chan.sock" if kind == "ipc" else "zmq+tcp://127.0.0.1:0"
+            with spawn_server(_python("_serve-zmq-channel", url)) as address:
+                for payload in payloads:
+                    request, _ = payload.wire_frames()
+                    channel = ZmqTransport().connect(make_url(address), Settings(), timeout=30)
+                    try:
+                        channel.send([b"payload", payload.name.encode()])
+                        channel.recv(30)
+
+                        def round_trip(channel: Any = channel, request: list[bytes] = request
+                                       ) -> None:
+                            channel.send(request)
+                            channel.recv(30)
+
+                        yield payload.name, time_calls(round_trip, steps)
+                    finally:
+                        channel.close()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    return run_case
+
+
+bench_case("relay zmq+ipc channel only", group="transport",
+           baseline="raw pyzmq ipc")(_zmq_channel_case("ipc"))
+bench_case("relay zmq+tcp channel only", group="transport",
+           baseline="raw pyzmq tcp")(_zmq_channel_case("tcp"))
+
+
 def _make_payload_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
     import relay.bench  # noqa: F401  (registers FixedObs-v0 in a spawned worker)
 
@@ -462,6 +501,28 @@ def _serve_relay(url: str) -> None:
     server = relay.serve(None, url)
     print(server.address, flush=True)
     server.serve_forever()
+
+
+def _serve_zmq_channel(url: str) -> None:
+    """Answer each message on a relay ZmqChannel with relay's reply bytes (one client at a time)."""
+    from relay.core.config import Settings
+    from relay.core.errors import RelayError
+    from relay.core.url import make_url
+    from relay.transports.zmq import ZmqTransport
+
+    replies = {name.encode(): p.wire_frames()[1] for name, p in PAYLOADS.items()}
+    listener = ZmqTransport().listen(make_url(url), Settings())
+    print(listener.address, flush=True)
+    while True:
+        channel = listener.accept(None)
+        try:
+            reply = replies[bytes(channel.recv(30)[1])]
+            channel.send([b"ok"])
+            while True:
+                channel.recv(None)
+                channel.send(reply)
+        except RelayError:
+            channel.close()
 
 
 def _serve_raw_zmq(endpoint: str) -> None:
@@ -667,6 +728,8 @@ def _internal(argv: Sequence[str]) -> None:
             _serve_relay(arg)
         elif command == "_serve-raw-zmq":
             _serve_raw_zmq(arg)
+        elif command == "_serve-zmq-channel":
+            _serve_zmq_channel(arg)
         else:
             raise SystemExit(f"unknown command {command}")
     except KeyboardInterrupt:
