@@ -51,6 +51,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -369,6 +371,8 @@ class ZmqListener:
         self._settings = settings
         self._closed = False
         self._ipc_path: str | None = None
+        if url.scheme == "zmq+ipc":
+            _check_ipc_path_free(url)
         sock = _socket(zmq.ROUTER, RENDEZVOUS_MAX_BYTES)
         sock.setsockopt(zmq.HANDSHAKE_IVL, RENDEZVOUS_HANDSHAKE_MS)
         try:
@@ -530,6 +534,36 @@ class ZmqTransport:
                 sock.close(0)
             raise
         return channel
+
+
+def _check_ipc_path_free(url: URL) -> None:
+    """Refuse an ipc path a live server listens on, or a file that is not a socket.
+
+    libzmq unlinks whatever is at the path before binding, which would silently
+    take a running server's address (or delete a user's file).  A stale socket
+    file (nobody accepts on it) is fine: libzmq replaces it.
+
+    Raises:
+        TransportError: the path is in use or is not a socket.
+    """
+    path = url.address
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise TransportError(f"cannot listen on {url.render()}: {exc}") from exc
+    if not stat.S_ISSOCK(mode):
+        raise TransportError(f"cannot listen on {url.render()}: {path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except OSError:
+        return  # stale: nobody accepts there
+    finally:
+        probe.close()
+    raise TransportError(f"cannot listen on {url.render()}: address already in use")
 
 
 def _check(url: URL) -> None:

@@ -227,6 +227,28 @@ def test_native_errors_are_translated(tmp_path):
         relay.serve("CartPole-v1", "zmq+tcp://127.0.0.1")
 
 
+def test_ipc_path_of_a_live_server_is_not_taken(tmp_path):
+    path = tmp_path / "relay.sock"
+    with relay.serve("CartPole-v1", f"zmq+ipc://{path}") as server:
+        with pytest.raises(TransportError, match="in use"):
+            relay.serve("CartPole-v1", f"zmq+ipc://{path}")
+        _assert_serves(server.address)  # the first server still owns its path
+    not_a_socket = tmp_path / "notes.txt"
+    not_a_socket.write_text("keep me")
+    with pytest.raises(TransportError, match="not a socket"):
+        relay.serve("CartPole-v1", f"zmq+ipc://{not_a_socket}")
+    assert not_a_socket.read_text() == "keep me"
+
+
+def test_stale_ipc_socket_file_is_replaced(tmp_path):
+    path = tmp_path / "relay.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))  # a server that died without cleaning up
+    stale.close()
+    with relay.serve("CartPole-v1", f"zmq+ipc://{path}") as server:
+        _assert_serves(server.address)
+
+
 def _child_connects(address: str) -> None:
     env = relay.make(address, connect_timeout=5.0)
     env.reset(seed=0)
