@@ -654,19 +654,24 @@ def _rows(results: Sequence[Result], payloads: Sequence[str]) -> tuple[list[str]
 def report(results: Sequence[Result], payloads: Sequence[str], out_dir: Path | None,
            *, steps: int, rounds: int = 1) -> tuple[Path, Path] | None:
     """Print the table; write ``bench-<UTC time>.csv`` and ``.md`` into ``out_dir``."""
-    from rich.console import Console
-    from rich.table import Table
-
     header, rows = _rows(results, payloads)
     title = (f"relay round trip per env.step, {steps} steps"
              f"{f' x {rounds} rounds' if rounds > 1 else ''} "
              f"({', '.join(f'{p}: {PAYLOADS[p].description}' for p in payloads)})")
-    table = Table(title=title)
-    for i, name in enumerate(header):
-        table.add_column(name, justify="right" if 2 <= i < 6 else "left")
-    for i, row in enumerate(rows):
-        table.add_row(*row, end_section=i + 1 < len(rows) and rows[i + 1][0] != row[0])
-    Console(width=max(Console().width, 110)).print(table)
+    markdown = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    markdown += ["| " + " | ".join(row) + " |" for row in rows]
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # rich is in the test extra; plain Markdown without it
+        print(title, *markdown, sep="\n")
+    else:
+        table = Table(title=title)
+        for i, name in enumerate(header):
+            table.add_column(name, justify="right" if 2 <= i < 6 else "left")
+        for i, row in enumerate(rows):
+            table.add_row(*row, end_section=i + 1 < len(rows) and rows[i + 1][0] != row[0])
+        Console(width=max(Console().width, 110)).print(table)
     if out_dir is None:
         return None
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -679,9 +684,7 @@ def report(results: Sequence[Result], payloads: Sequence[str], out_dir: Path | N
         for r in results:
             writer.writerow([stamp, os.cpu_count(), *dataclasses.astuple(r)])
     lines = [f"# {title}", "", f"run {stamp} UTC, {os.cpu_count()} CPUs, Python "
-             f"{sys.version.split()[0]}", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+             f"{sys.version.split()[0]}", "", *markdown]
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
 
