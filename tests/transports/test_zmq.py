@@ -19,7 +19,7 @@ import zmq
 
 import relay
 from relay.core.config import Settings
-from relay.core.errors import ConnectError, ConnectionLost, InvalidURL, TransportError
+from relay.core.errors import ConnectError, ConnectionLost, InvalidURL, Timeout, TransportError
 from relay.testing import TransportCompliance
 from relay.transports.zmq import RENDEZVOUS_MAX_BYTES, ZmqTransport
 
@@ -116,6 +116,23 @@ def test_server_killed_mid_episode(kind, tmp_path, server_process):
     assert time.monotonic() - start < 0.5  # later calls fail fast
     env.close()
     env.close()
+
+
+def test_frozen_server_is_a_timeout_within_the_deadline(server_process):
+    proc, address = server_process("zmq+tcp://127.0.0.1:0")
+    env = relay.make(address, timeout=1.0)
+    env.reset(seed=0)
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        with pytest.raises(Timeout):
+            env.step(0)
+        assert time.monotonic() - start < 3.0
+        start = time.monotonic()
+        env.close()  # Close gets no answer either; close still returns
+        assert time.monotonic() - start < 3.0
+    finally:
+        proc.send_signal(signal.SIGCONT)
 
 
 def test_client_death_closes_its_envs():
