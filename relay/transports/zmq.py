@@ -194,6 +194,7 @@ class ZmqChannel:
         self._rcvtimeo = -1
         self._closed = False
         self._lost: str | None = None
+        self._io_lock = threading.Lock()  # held by send/recv; close() from another thread
 
     # -- hot path ---------------------------------------------------------------
 
@@ -206,6 +207,12 @@ class ZmqChannel:
         Raises:
             MessageTooLarge, ConnectionLost, Timeout.
         """
+        with self._io_lock:
+            self._send_locked(frames)
+
+    def _send_locked(self, frames: Sequence[Buffer]) -> None:
+        if not frames:
+            raise ValueError("a message has at least one frame")
         if self._lost is not None or self._closed:
             raise ConnectionLost(self._lost or f"{self._name}: channel is closed")
         size = 0
@@ -236,6 +243,9 @@ class ZmqChannel:
     def _send_slow(self, frames: Sequence[Buffer]) -> None:
         deadline = time.monotonic() + self._send_timeout
         while True:
+            if self._closed:  # close() from another thread
+                self._teardown()
+                raise ConnectionLost(f"{self._name}: channel is closed")
             self._check_monitor()
             if self._lost is not None:
                 raise ConnectionLost(self._lost)
@@ -261,8 +271,12 @@ class ZmqChannel:
         times out, so a dead peer is noticed within ``CHECK_INTERVAL`` seconds.
 
         Raises:
-            Timeout, ConnectionLost (peer gone, or a message over the limit).
+            Timeout, ConnectionLost (peer gone, closed, or a message over the limit).
         """
+        with self._io_lock:
+            return self._recv_locked(timeout)
+
+    def _recv_locked(self, timeout: float | None) -> list[Buffer]:
         if self._closed:
             raise ConnectionLost(f"{self._name}: channel is closed")
         sock = self._sock
@@ -281,6 +295,9 @@ class ZmqChannel:
                 try:
                     frame = sock.recv(0, copy=False)
                 except zmq.Again:
+                    if self._closed:  # close() from another thread
+                        self._teardown()
+                        raise ConnectionLost(f"{self._name}: channel is closed") from None
                     if self._lost is None:
                         self._check_monitor()
                     if self._lost is not None:
@@ -343,6 +360,8 @@ class ZmqChannel:
     # -- lifetime ----------------------------------------------------------------
 
     def _teardown(self) -> None:
+        if self._sock.closed:
+            return
         with contextlib.suppress(zmq.ZMQError):
             self._sock.disable_monitor()
         self._monitor.close(0)
@@ -352,12 +371,21 @@ class ZmqChannel:
                 os.unlink(self._ipc_path)
 
     def close(self) -> None:
-        """Close the socket (linger 0) and its monitor; idempotent."""
+        """Close the socket (linger 0) and its monitor; idempotent.
+
+        Safe from another thread: a ``recv`` blocked there raises
+        ``ConnectionLost`` within :data:`CHECK_INTERVAL` seconds, then the
+        sockets are closed (by whichever side gets there first).
+        """
         if self._closed:
             return
         self._closed = True
-        if not self._sock.closed:
-            self._teardown()
+        if self._io_lock.acquire(timeout=2 * CHECK_INTERVAL + 1.0):
+            try:
+                if not self._sock.closed:
+                    self._teardown()
+            finally:
+                self._io_lock.release()
 
     def __repr__(self) -> str:
         return f"<ZmqChannel {self._name}{' closed' if self._closed else ''}>"

@@ -20,6 +20,7 @@ import zmq
 import relay
 from relay.core.config import Settings
 from relay.core.errors import ConnectError, ConnectionLost, InvalidURL, Timeout, TransportError
+from relay.core.url import make_url
 from relay.testing import TransportCompliance
 from relay.transports.zmq import RENDEZVOUS_MAX_BYTES, ZmqTransport
 
@@ -37,6 +38,34 @@ class TestZmqIpc(TransportCompliance):
     def _paths(self, tmp_path) -> None:
         self.url = f"zmq+ipc://{tmp_path}/relay.sock"
         self.unreachable_url = f"zmq+ipc://{tmp_path}/nobody.sock"
+
+
+def test_close_from_another_thread_ends_a_blocked_recv():
+    settings = Settings(connect_timeout=3.0)
+    listener = ZmqTransport().listen(make_url("zmq+tcp://127.0.0.1:0"), settings)
+    try:
+        client, server = TransportCompliance.connect_pair(listener, settings)
+        errors: list[BaseException] = []
+
+        def blocked() -> None:
+            try:
+                client.recv(30.0)
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=blocked)
+        thread.start()
+        time.sleep(0.2)
+        start = time.monotonic()
+        client.close()
+        thread.join(5.0)
+        assert not thread.is_alive() and time.monotonic() - start < 2.0
+        assert len(errors) == 1 and isinstance(errors[0], ConnectionLost)
+        with pytest.raises(ConnectionLost):
+            server.recv(5.0)  # the sockets really closed
+        server.close()
+    finally:
+        listener.close()
 
 
 # -- real servers, real peers --------------------------------------------------------
