@@ -63,11 +63,12 @@ Wake-up (chosen by benchmark: ``relay/transports/shm_bench.py``)
     that (on 2 cores a pure busy-wait starves the peer: measured, a 50 µs
     pure spin made round trips 2-3x *slower* when the peer shared the
     core); then it blocks in ``sem_timedwait`` in slices of :data:`SLICE`
-    seconds, checking the socket for EOF between slices.  The spin budget
-    adapts: twice the peer's typical answer time, learned from the
+    seconds, checking the socket for EOF between slices.  The spin adapts:
+    none at all while the peer's typical answer time is longer than
+    ``spin`` (a slow agent or env costs no CPU), learned from the
     publication timestamp the writer stores (so our own wake-up latency is
-    not counted), capped by ``spin``, and no spin at all when the peer
-    usually takes longer than ``spin`` (a slow agent or env costs no CPU).
+    not counted).  A tighter budget (twice the typical answer time) was
+    measured and dropped: any hiccup past it costs a 100 µs wake-up here.
     The semaphore is only a hint: ``wseq`` is the truth, so a stale count
     costs one extra loop.  Measured here (2 cores, raw ping-pong of relay's
     bytes, median µs S/M/L): semaphore 12-16 / 9-27 / 21-27, UNIX-socket
@@ -610,14 +611,18 @@ class ShmChannel:
             out = self._out
             if out.ctl[_R_CLOSED]:
                 raise self._lose("the peer closed the shm channel")
-            head = (8 * (1 + len(sizes)) + ALIGN - 1) & -ALIGN
+            count = len(sizes)
+            head = (8 * (1 + count) + ALIGN - 1) & -ALIGN
             record += head
             if record > out.capacity:
                 self._grow(record)
                 out = self._out
-            start = self._place(record)
+            inflight = self._inflight
+            if inflight and inflight[-1][0] < out.ctl[_R_SEQ]:
+                inflight.clear()  # the reader has released everything: start at 0
+            start = self._place(record) if inflight else 0
             base = HEADER + start
-            _words(len(sizes)).pack_into(out.map, base, len(sizes), *sizes)
+            _words(count).pack_into(out.map, base, count, *sizes)
             pos = base + head
             view = out.view
             for frame, n in zip(views, sizes, strict=True):
@@ -761,9 +766,9 @@ class ShmChannel:
     def _wait(self, seg: _Segment, timeout: float | None) -> bool:
         """True once message ``self._rseq`` is published; False on timeout.
 
-        Spins (with ``sched_yield``) for an adaptive budget: twice the peer's
-        recent typical answer time, at most ``spin``, and not at all when it
-        usually takes longer than that; then blocks on the semaphore in
+        Spins (with ``sched_yield``) for up to ``spin``, unless the peer's
+        recent typical answer time is longer than that; then blocks on the
+        semaphore in
         slices of :data:`SLICE` seconds, checking for a dead peer in between.
         """
         ctl = seg.ctl
@@ -772,9 +777,7 @@ class ShmChannel:
             self._granted = False
             return True
         began = time.monotonic_ns()
-        typical = self._typical
-        budget = 2 * typical if 2 * typical <= self._spin else (
-            self._spin if typical <= self._spin else 0)
+        budget = self._spin if self._typical <= self._spin else 0
         if budget:
             clock = time.monotonic_ns
             end = began + budget
