@@ -29,6 +29,7 @@ This is why ``shm://`` itself uses ``posix_ipc`` + ``mmap``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -282,19 +283,22 @@ def _serve_raw(kind: str) -> None:
                 end.send(b"ok")
             else:
                 end.send(reply)
-    finally:
-        if listener is not None:
-            listener.close()
-            os.unlink(names["sock"])
-        for seg in (c2s, s2c):
-            seg.close()
-            seg.unlink()
+    finally:  # names first: nothing below may stop them from being unlinked
         if kind == "sem":
             for sem_name in ("sem_c2s", "sem_s2c"):
-                try:
-                    posix_ipc.unlink_semaphore(names[sem_name])
-                except posix_ipc.ExistentialError:
-                    pass
+                if sem_name in names:
+                    with contextlib.suppress(posix_ipc.ExistentialError):
+                        posix_ipc.unlink_semaphore(names[sem_name])
+        for seg in (c2s, s2c):
+            with contextlib.suppress(FileNotFoundError):
+                seg.unlink()
+        if listener is not None:
+            listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(names["sock"])
+        for seg in (c2s, s2c):
+            with contextlib.suppress(BufferError):
+                seg.close()
 
 
 if __name__ == "__main__":
