@@ -73,7 +73,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from relay.codecs.base import Buffer
 from relay.core.config import Settings
@@ -491,7 +491,7 @@ class WsChannel:
         except ValueError as exc:
             self._reject(CLOSE_BAD_DATA, f"malformed relay message: {exc}")
 
-    def _reject(self, code: int, reason: str) -> Any:
+    def _reject(self, code: int, reason: str) -> NoReturn:
         self.close(code, reason[:120])
         raise ConnectionLost(f"peer sent an invalid message; closed the connection: {reason}")
 
@@ -531,7 +531,6 @@ class WsChannel:
             return data.decode()
         except UnicodeDecodeError:
             self._reject(CLOSE_BAD_DATA, "text message is not UTF-8")
-            raise  # unreachable
 
     def _check_open(self) -> None:
         if self._closed:
