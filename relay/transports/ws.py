@@ -41,7 +41,9 @@ elsewhere):
 Authentication: when ``settings.token`` is set, the client sends
 ``Authorization: Bearer <token>`` in the HTTP upgrade request (never in the
 URL) and the server answers HTTP 401 to a missing or wrong token, before any
-relay message (relay's ``Hello`` token is checked as well).
+relay message (relay's ``Hello`` token is checked as well).  Browsers cannot
+set headers: they may offer the subprotocol ``relay.token.<base64url token>``
+instead (:func:`token_subprotocol`), which the server accepts and selects.
 
 Hooks for other wire formats on the same server (e.g. Gymie on ``/gym``):
 
@@ -60,6 +62,7 @@ connections to that path only (HTTP 404 otherwise); without a path, any path.
 
 from __future__ import annotations
 
+import base64
 import collections
 import hmac
 import http
@@ -110,6 +113,7 @@ __all__ = [
     "WsListener",
     "WsTransport",
     "pack_header",
+    "token_subprotocol",
     "unpack_message",
 ]
 
@@ -636,6 +640,28 @@ def _send_chunks(sock: socket.socket, chunks: list[bytes], timeout: float | None
         sock.shutdown(socket.SHUT_WR)
 
 
+TOKEN_SUBPROTOCOL = "relay.token."
+"""Prefix of the subprotocol that carries the token for clients that cannot set
+headers (browsers): ``relay.token.`` + the token in unpadded base64url."""
+
+
+def token_subprotocol(token: str) -> str:
+    """The ``Sec-WebSocket-Protocol`` value that carries ``token``."""
+    encoded = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+    return TOKEN_SUBPROTOCOL + encoded
+
+
+def _offered_subprotocols(request: Request) -> list[str]:
+    return [p.strip() for value in request.headers.get_all("Sec-WebSocket-Protocol")
+            for p in value.split(",") if p.strip()]
+
+
+def _select_token_subprotocol(protocol: Any, offered: Sequence[str]) -> str | None:
+    # a browser fails the connection unless the server picks one of its offers;
+    # the token itself was checked before accepting
+    return next((p for p in offered if p.startswith(TOKEN_SUBPROTOCOL)), None)
+
+
 def _blocking_with_send_deadline(sock: socket.socket, seconds: float) -> None:
     """Blocking mode (reads wait in ``select`` first, so they never block), and a
     kernel send timeout (``SO_SNDTIMEO``) so a peer that stops reading makes a
@@ -721,7 +747,10 @@ class WsListener:
         token = self._settings.token
         if token is not None:
             given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            offered = _offered_subprotocols(request)
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()) and not any(
+                    hmac.compare_digest(p.encode(), token_subprotocol(token).encode())
+                    for p in offered):
                 return (http.HTTPStatus.UNAUTHORIZED,
                         "missing or wrong token in the Authorization header\n")
         return None
@@ -729,7 +758,8 @@ class WsListener:
     def _handshake(self, sock: socket.socket) -> None:
         """The opening handshake of one client (its own thread); then queue or route it."""
         deadline = time.monotonic() + self._settings.connect_timeout
-        protocol = ServerProtocol(max_size=self._settings.max_message_size + HEADER_ROOM)
+        protocol = ServerProtocol(max_size=self._settings.max_message_size + HEADER_ROOM,
+                                  select_subprotocol=_select_token_subprotocol)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._ssl is not None:

@@ -111,6 +111,21 @@ def test_token_checked_in_the_upgrade_request() -> None:
         env.close()
 
 
+def test_token_in_a_subprotocol_for_browsers() -> None:
+    """Browsers cannot set headers: the token may come as a subprotocol."""
+    from relay.transports.ws import token_subprotocol
+
+    with relay.serve("CartPole-v1", "ws://127.0.0.1:0/relay", token="s3cret") as server:
+        uri = f"ws://{server.address.address}"
+        offer = token_subprotocol("s3cret")
+        assert offer == "relay.token.czNjcmV0"
+        with ws_client.connect(uri, proxy=None, subprotocols=[offer]) as ws:
+            assert ws.subprotocol == offer
+        with pytest.raises(InvalidStatus) as info:
+            ws_client.connect(uri, proxy=None, subprotocols=[token_subprotocol("wrong")])
+        assert info.value.response.status_code == 401
+
+
 def test_wrong_path_is_404() -> None:
     with relay.serve("CartPole-v1", "ws://127.0.0.1:0/relay") as server:
         with pytest.raises(ConnectError, match="404"):

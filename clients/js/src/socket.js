@@ -13,6 +13,14 @@ async function webSocketClass() {
   throw new ConnectError("no WebSocket implementation: install the 'ws' package");
 }
 
+/** The subprotocol carrying a token ("relay.token." + unpadded base64url), for browsers. */
+export function tokenSubprotocol(token) {
+  const bytes = new TextEncoder().encode(token);
+  let binary = "";
+  for (const b of bytes) binary += String.fromCharCode(b);
+  return "relay.token." + btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
 export class Channel {
   constructor(ws) {
     this.ws = ws;
@@ -59,11 +67,8 @@ export class Channel {
         ws = new WebSocket(url, { headers, perMessageDeflate: false, maxPayload: maxMessageSize + 65536,
           handshakeTimeout: timeoutMs });
       } else {
-        if (token != null) {
-          // browsers cannot set headers: the token then only travels in Hello
-          console.warn("relay: browsers cannot send the Authorization header");
-        }
-        ws = new WebSocket(url);
+        // browsers cannot set headers: the token travels as a subprotocol instead
+        ws = token == null ? new WebSocket(url) : new WebSocket(url, [tokenSubprotocol(token)]);
       }
       const timer = setTimeout(() => {
         reject(new ConnectError(`no WebSocket connection to ${url} within ${timeoutMs} ms`));

@@ -3,6 +3,7 @@ import { test } from "node:test";
 
 import { NDArray, Scalar, Tuple, decodeMessage, encodeMessage, fromJsonValue, toJsonValue } from "../src/index.js";
 import { decodeEnvelope, encodeEnvelope } from "../src/messages.js";
+import { tokenSubprotocol } from "../src/socket.js";
 
 test("framing keeps frames, order and empty frames", () => {
   const frames = [new Uint8Array([1, 2, 3]), new Uint8Array(0), new Uint8Array(70000).fill(7)];
@@ -65,4 +66,8 @@ test("an envelope is one JSON frame {id, tag, body}", () => {
   assert.deepEqual(JSON.parse(new TextDecoder().decode(frames[0])),
     { id: 3, tag: "step", body: { instance: 1, action: 0 } });
   assert.deepEqual(decodeEnvelope(message), { id: 3, tag: "step", body: { instance: 1, action: 0 } });
+});
+
+test("the browser token subprotocol matches relay/transports/ws.py", () => {
+  assert.equal(tokenSubprotocol("s3cret"), "relay.token.czNjcmV0");
 });
