@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, assert_never
 
 import gymnasium as gym
+import numpy as np
 
 from relay.core import spaces
 from relay.core.config import Settings, resolve_settings
@@ -83,25 +84,26 @@ class EnvHost:
     def handle(self, request: Request) -> Response:
         """Answer one request; never raises (failures become ``Error``)."""
         try:
-            match request:
-                case Make():
-                    return self._make(request)
-                case Reset(instance=i, seed=seed, options=options):
-                    obs, info = self._env(i).reset(seed=seed, options=options)
-                    self._needs_reset.discard(i)
-                    return Observation(obs=obs, info=info)
-                case Step(instance=i, action=action):
+            match request:  # Step first: it is the hot path
+                case Step():
+                    i, action = request.instance, request.action
                     env = self._env(i)
                     if i in self._needs_reset:
                         return Error(code="not_reset",
                                      message="step called before reset; call reset first")
-                    if action not in env.action_space:
+                    if not _contains(env.action_space, action):
                         return Error(code="invalid_action",
                                      message=f"action {action!r} is not in {env.action_space}")
                     obs, reward, terminated, truncated, info = env.step(action)
                     # values keep their exact types (a MiniGrid reward is an int)
                     return Transition(obs=obs, reward=reward, terminated=terminated,
                                       truncated=truncated, info=info)
+                case Make():
+                    return self._make(request)
+                case Reset(instance=i, seed=seed, options=options):
+                    obs, info = self._env(i).reset(seed=seed, options=options)
+                    self._needs_reset.discard(i)
+                    return Observation(obs=obs, info=info)
                 case Render(instance=i):
                     return Frame(frame=self._env(i).render())
                 case Close(instance=i):
@@ -157,6 +159,13 @@ class EnvHost:
                 env.close()
             except Exception:
                 log.exception("closing an environment failed")
+
+
+def _contains(space: gym.Space[Any], action: Any) -> bool:
+    """``action in space``, with a fast path for Discrete (its ``contains`` costs ~3 µs)."""
+    if type(space) is gym.spaces.Discrete and type(action) in (int, np.int64, np.int32):
+        return bool(space.start <= action < space.start + space.n)
+    return action in space
 
 
 class _UnknownInstance(LookupError):

@@ -144,9 +144,10 @@ class ClientSession:
             RemoteProtocolError: the answer is of the wrong type for its request.
         """
         self._move("receive")
-        self.expire(now)
         pending = self._pending.pop(envelope.id, None)
-        if pending is None:
+        if self._pending:
+            self.expire(now)
+        if pending is None or pending[1] <= now:  # unknown, or answered after its deadline
             self.dropped += 1
             return None
         message = envelope.message
