@@ -152,6 +152,7 @@ def _options(url: URL, settings: Settings, *, server: bool) -> list[tuple[str, A
         ("grpc.max_receive_message_length", limit),
         ("grpc.keepalive_time_ms", keepalive_ms),
         ("grpc.keepalive_timeout_ms", keepalive_timeout_ms),
+        ("grpc.http2.ping_timeout_ms", keepalive_timeout_ms),  # newer name of the deadline
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
     ]

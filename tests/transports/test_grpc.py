@@ -325,3 +325,40 @@ def test_server_sees_dead_client_as_connection_lost() -> None:
             proc.kill()
         proc.wait(10)
         listener.close()
+
+
+FROZEN_SERVER = textwrap.dedent("""
+    import sys
+    from relay.core.config import Settings
+    from relay.core.plugins import get_transport
+    from relay.core.url import make_url
+    listener = get_transport("grpc").listen(make_url("grpc://127.0.0.1:0"), Settings())
+    print(listener.address, flush=True)
+    channel = listener.accept(30)
+    channel.send(channel.recv(30))
+    sys.stdin.read()
+""")
+
+
+def test_frozen_server_is_noticed_by_keepalive() -> None:
+    """A server that stops answering (SIGSTOP: its socket stays open) is ConnectionLost
+    through HTTP/2 keepalive, before the receive deadline."""
+    env_vars = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", FROZEN_SERVER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env_vars, cwd=ROOT)
+    try:
+        address = make_url(proc.stdout.readline().strip()).with_options(
+            keepalive=0.5, keepalive_timeout=1)
+        client = get_transport("grpc").connect(address, Settings(), timeout=10.0)
+        client.send([b"ping"])
+        assert bytes(client.recv(10.0)[0]) == b"ping"
+        os.kill(proc.pid, signal.SIGSTOP)
+        start = time.monotonic()
+        with pytest.raises(ConnectionLost):
+            client.recv(20.0)
+        assert time.monotonic() - start < 10.0
+        client.close()
+    finally:
+        proc.kill()
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.wait(10)
