@@ -362,3 +362,37 @@ def test_frozen_server_is_noticed_by_keepalive() -> None:
         proc.kill()
         os.kill(proc.pid, signal.SIGCONT)
         proc.wait(10)
+
+
+def test_frozen_client_is_noticed_by_server_keepalive() -> None:
+    transport = get_transport("grpc")
+    listener = transport.listen(
+        make_url("grpc://127.0.0.1:0?keepalive=0.5&keepalive_timeout=1"), Settings())
+    script = textwrap.dedent(f"""
+        import sys
+        from relay.core.config import Settings
+        from relay.core.plugins import get_transport
+        from relay.core.url import make_url
+        ch = get_transport("grpc").connect(make_url("{listener.address}"), Settings(), timeout=5)
+        ch.send([b"hi"])
+        print("sent", flush=True)
+        sys.stdin.read()
+    """)
+    env_vars = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env_vars, cwd=ROOT)
+    try:
+        server = listener.accept(10.0)
+        assert bytes(server.recv(10.0)[0]) == b"hi"
+        assert proc.stdout.readline().strip() == "sent"
+        os.kill(proc.pid, signal.SIGSTOP)
+        start = time.monotonic()
+        with pytest.raises(ConnectionLost):
+            server.recv(20.0)
+        assert time.monotonic() - start < 10.0
+        server.close()
+    finally:
+        proc.kill()
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.wait(10)
+        listener.close()
