@@ -245,6 +245,8 @@ class GrpcChannel:
             lost = ConnectionLost(f"gRPC stream to the {self._peer} failed: {exc!r}")
             lost.__cause__ = exc
             self._inbox.put(lost)
+        finally:  # the call is over: let gRPC's thread waiting for our next message go
+            self._outbox.put(_END)
 
     @property
     def _peer(self) -> str:
