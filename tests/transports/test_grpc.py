@@ -396,3 +396,43 @@ def test_frozen_client_is_noticed_by_server_keepalive() -> None:
         os.kill(proc.pid, signal.SIGCONT)
         proc.wait(10)
         listener.close()
+
+
+FORK_SCRIPT = textwrap.dedent("""
+    import os, threading
+    from relay.core.config import Settings
+    from relay.core.plugins import get_transport
+    from relay.core.url import make_url
+    transport = get_transport("grpc")          # imports grpc, creates no gRPC object
+    assert threading.active_count() == 1, threading.enumerate()
+
+    def ping():
+        listener = transport.listen(make_url("grpc://127.0.0.1:0"), Settings())
+        client = transport.connect(listener.address, Settings(), timeout=5)
+        server = listener.accept(5)
+        client.send([b"ping"])
+        server.send(server.recv(5))
+        assert bytes(client.recv(5)[0]) == b"ping"
+        client.close(); server.close(); listener.close()
+
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            ping()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    ping()
+    print("ok")
+""")
+
+
+def test_import_then_fork_then_use() -> None:
+    """Importing the transport creates no gRPC object, so a process may fork after it."""
+    env_vars = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True,
+                          env=env_vars, cwd=ROOT, timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]
