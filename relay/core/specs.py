@@ -113,9 +113,9 @@ class StringArraySpace(gs.Space[np.ndarray]):
     def is_np_flattenable(self) -> bool:
         return False
 
-    def sample(self, mask: Any = None, probability: Any = None) -> np.ndarray:
+    def sample(self, mask: Any = None, probability: Any = None) -> Any:
         letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
-        size = int(np.prod(self.shape, dtype=np.int64))
+        size = int(np.prod(self.shape or (), dtype=np.int64))
         lengths = self.np_random.integers(0, 8, size)
         words = ["".join(self.np_random.choice(letters, n)) for n in lengths]
         array = np.array(words, dtype=str).reshape(self.shape)
@@ -141,7 +141,7 @@ class StringArraySpace(gs.Space[np.ndarray]):
 
 
 def _describe_string_space(space: StringArraySpace) -> Description:
-    return {"shape": list(space.shape), "string_type": space.string_type.__name__}
+    return {"shape": list(space.shape or ()), "string_type": space.string_type.__name__}
 
 
 def _build_string_space(d: Description) -> StringArraySpace:
@@ -186,9 +186,11 @@ def describe_spec(spec: Any) -> Description:
         return {**spaces.describe(box), HINT: hint}
     hint["kind"] = "Array"
     dtype = np.dtype(spec.dtype)
+    low: float
+    high: float
     if dtype.kind in "iu":
         low, high = np.iinfo(dtype).min, np.iinfo(dtype).max
-    elif dtype.kind in "fc":
+    elif dtype.kind == "f":
         low, high = -np.inf, np.inf
     elif dtype.kind == "b":
         low, high = 0, 1  # Box takes no Python bool bound (as Shimmy does)
