@@ -14,7 +14,7 @@ import logging
 import threading
 import traceback
 from collections.abc import Callable
-from typing import Any, assert_never
+from typing import Any, Self, assert_never
 
 import gymnasium as gym
 import numpy as np
@@ -180,54 +180,58 @@ def _plain_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     return plain
 
 
-class Server:
-    """A listening relay server; use as a context manager or call :meth:`close`.
+class ThreadedServer:
+    """The life cycle every relay server shares: one thread accepts, one thread
+    serves each connection, :meth:`close` stops both and waits for them.
 
-    Attributes:
-        address: the URL clients connect to (real port when port 0 was asked).
+    A subclass implements :meth:`_accept` (wait for the next connection and
+    return the function that serves it) and :meth:`_close_endpoint`.
     """
 
-    def __init__(self, factory: EnvFactory, listener: Listener, settings: Settings) -> None:
-        self._factory = factory
-        self._listener = listener
-        self.settings = settings
-        self.address: URL = listener.address
+    address: URL
+    """The URL clients connect to (real port when port 0 was asked)."""
+
+    def __init__(self) -> None:
         self._stop = threading.Event()
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._acceptor = threading.Thread(target=self._accept_loop, name="relay-accept",
                                           daemon=True)
 
-    def start(self) -> Server:
+    def _accept(self, timeout: float) -> Callable[[], None] | None:
+        """The next connection's serving function; None if none came in ``timeout`` s.
+
+        Raises:
+            _StopAccepting: the endpoint is gone; the accept loop ends.
+        """
+        raise NotImplementedError
+
+    def _close_endpoint(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
         self._acceptor.start()
         return self
 
     def _accept_loop(self) -> None:
-        from relay.connection import IDLE_POLL, serve_channel
+        from relay.connection import IDLE_POLL
 
         while not self._stop.is_set():
             try:
-                channel = self._listener.accept(IDLE_POLL)
-            except Timeout:
-                continue
-            except ConnectionLost:
+                serve = self._accept(IDLE_POLL)
+            except _StopAccepting:
                 return
-            except RelayError:
-                log.exception("accept failed")
+            if serve is None:
                 continue
-            host = EnvHost(self._factory)
-            thread = threading.Thread(
-                target=self._serve_one, args=(serve_channel, channel, host),
-                name="relay-connection", daemon=True,
-            )
+            thread = threading.Thread(target=self._serve_one, args=(serve,),
+                                      name="relay-connection", daemon=True)
             with self._lock:
                 self._threads.add(thread)
             thread.start()
 
-    def _serve_one(self, serve_channel: Any, channel: Any, host: EnvHost) -> None:
+    def _serve_one(self, serve: Callable[[], None]) -> None:
         try:
-            serve_channel(channel, host.handle, self.settings, stop=self._stop,
-                          on_close=host.close)
+            serve()
         except Exception:
             log.exception("connection failed")
         finally:
@@ -243,7 +247,8 @@ class Server:
             self.close()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop accepting, end every connection, close their envs and the listener."""
+        """Stop accepting, end every connection, close their envs and the endpoint;
+        idempotent.  Waits up to ``timeout`` seconds for each thread."""
         if self._stop.is_set() and not self._acceptor.is_alive():
             return
         self._stop.set()
@@ -253,13 +258,51 @@ class Server:
             threads = list(self._threads)
         for thread in threads:
             thread.join(timeout)
-        self._listener.close()
+        self._close_endpoint()
 
-    def __enter__(self) -> Server:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _StopAccepting(Exception):
+    pass
+
+
+class Server(ThreadedServer):
+    """A listening relay/1 server; use as a context manager or call :meth:`close`.
+
+    Attributes:
+        address: the URL clients connect to (real port when port 0 was asked).
+    """
+
+    def __init__(self, factory: EnvFactory, listener: Listener, settings: Settings) -> None:
+        super().__init__()
+        self._factory = factory
+        self._listener = listener
+        self.settings = settings
+        self.address = listener.address
+
+    def _accept(self, timeout: float) -> Callable[[], None] | None:
+        from relay.connection import serve_channel
+
+        try:
+            channel = self._listener.accept(timeout)
+        except Timeout:
+            return None
+        except ConnectionLost as exc:
+            raise _StopAccepting from exc
+        except RelayError:
+            log.exception("accept failed")
+            return None
+        host = EnvHost(self._factory)
+        return lambda: serve_channel(channel, host.handle, self.settings, stop=self._stop,
+                                     on_close=host.close)
+
+    def _close_endpoint(self) -> None:
+        self._listener.close()
 
 
 def serve(

@@ -73,7 +73,6 @@ import math
 import re
 import socket
 import ssl
-import threading
 import time
 import uuid
 import warnings
@@ -117,6 +116,7 @@ from relay.core.messages import (
     Transition,
 )
 from relay.core.url import URL
+from relay.server import ThreadedServer
 
 __all__ = [
     "FLOAT32_MAX",
@@ -524,7 +524,7 @@ def _cut(reason: str) -> str:
     return data[:_CLOSE_REASON_BYTES].decode("utf-8", errors="ignore")
 
 
-class GymieServer:
+class GymieServer(ThreadedServer):
     """A WebSocket server speaking Gymie's protocol on one path (``/gym`` by default).
 
     One thread per client drives websockets' sans-I/O ``ServerProtocol`` on
@@ -551,13 +551,11 @@ class GymieServer:
     def __init__(self, factory: Callable[..., Any], url: URL, settings: Settings) -> None:
         if url.scheme not in ("ws", "wss"):
             raise ConfigError(f"the gymie protocol runs over ws:// or wss://, not {url.scheme}://")
+        super().__init__()
         self._factory = factory
         self.settings = settings
         self._path = url.path or GYMIE_PATH
         self._tls = _server_tls(url) if url.scheme == "wss" else None
-        self._stop = threading.Event()
-        self._threads: set[threading.Thread] = set()
-        self._lock = threading.Lock()
         host = url.host or "127.0.0.1"
         try:
             self._socket = socket.create_server((host, url.port or 0),
@@ -570,26 +568,22 @@ class GymieServer:
         netloc = f"[{host}]" if ":" in host else host
         query = {k: v for k, v in url.query.items() if k not in ("certfile", "keyfile")}
         self.address: URL = url.set(address=f"{netloc}:{port}{self._path}", query=query)
-        self._acceptor = threading.Thread(target=self._accept_loop, name="relay-gymie-accept",
-                                          daemon=True)
-        self._acceptor.start()
+        self.start()
 
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sock, _ = self._socket.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stop.is_set():
-                    return
-                log.exception("accept failed")
-                continue
-            thread = threading.Thread(target=self._serve_socket, args=(sock,),
-                                      name="relay-gymie-connection", daemon=True)
-            with self._lock:
-                self._threads.add(thread)
-            thread.start()
+    def _accept(self, timeout: float) -> Callable[[], None] | None:
+        try:
+            sock, _ = self._socket.accept()  # the socket's own timeout is IDLE_POLL
+        except TimeoutError:
+            return None
+        except OSError:
+            if self._stop.is_set():
+                return None
+            log.exception("accept failed")
+            return None
+        return lambda: self._serve_socket(sock)
+
+    def _close_endpoint(self) -> None:
+        self._socket.close()
 
     def _serve_socket(self, sock: socket.socket) -> None:
         from websockets.server import ServerProtocol
@@ -616,8 +610,6 @@ class GymieServer:
             log.exception("Gymie connection failed")
         finally:
             sock.close()
-            with self._lock:
-                self._threads.discard(threading.current_thread())
 
     def _handshake(self, sock: socket.socket, protocol: Any) -> bool:
         """Read the upgrade request and answer it; True if the WebSocket is open."""
@@ -731,31 +723,6 @@ class GymieServer:
             protocol.receive_data(data)
             protocol.events_received()
             _flush(sock, protocol)
-
-    def serve_forever(self) -> None:
-        """Block until :meth:`close` is called from elsewhere (or KeyboardInterrupt)."""
-        try:
-            while not self._stop.wait(0.5):
-                pass
-        finally:
-            self.close()
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop accepting, close every connection (1001) and its envs; idempotent."""
-        self._stop.set()
-        if self._acceptor.is_alive():
-            self._acceptor.join(timeout)
-        with self._lock:
-            threads = list(self._threads)
-        for thread in threads:
-            thread.join(timeout)
-        self._socket.close()
-
-    def __enter__(self) -> GymieServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 _RECV_SIZE = 1 << 18
