@@ -11,8 +11,6 @@ def relay_register_transports(register: Register) -> None:
     register("zmq+ipc", "relay.transports.zmq:ZmqTransport", extra="pyzmq")
     register("grpc", "relay.transports.grpc:GrpcTransport", extra="grpcio")
     register("grpcs", "relay.transports.grpc:GrpcTransport", extra="grpcio")
-    register("grpc", "relay.transports.grpc:GrpcTransport", extra="grpcio")
-    register("grpcs", "relay.transports.grpc:GrpcTransport", extra="grpcio")
     register("ws", "relay.transports.ws:WsTransport", extra="websockets")
     register("wss", "relay.transports.ws:WsTransport", extra="websockets")
 

@@ -16,8 +16,17 @@ from relay.connection import ClientConnection
 from relay.core import spaces
 from relay.core.config import resolve_settings
 from relay.core.errors import MissingDependency, RelayError
-from relay.core.messages import Close, Frame, Made, Make, Observation, Render, Reset, Step
-from relay.core.messages import Transition
+from relay.core.messages import (
+    Close,
+    Frame,
+    Made,
+    Make,
+    Observation,
+    Render,
+    Reset,
+    Step,
+    Transition,
+)
 from relay.core.url import URL, make_url
 
 __all__ = ["ENV_ID", "RemoteEnv", "make", "register_envs"]

@@ -14,8 +14,7 @@ from collections.abc import Sequence
 
 from relay.codecs.base import Buffer
 from relay.core.config import Settings
-from relay.core.errors import ConnectError, ConnectionLost, MessageTooLarge, Timeout
-from relay.core.errors import InvalidURL
+from relay.core.errors import ConnectError, ConnectionLost, InvalidURL, MessageTooLarge, Timeout
 from relay.core.url import URL
 from relay.transports.base import message_size
 
