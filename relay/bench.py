@@ -621,9 +621,9 @@ def run(*, steps: int = 2000, only: Sequence[str] = (), payloads: Sequence[str] 
     results: list[Result] = []
     for case in cases:
         for payload in chosen_payloads:
-            times = samples.get((case.name, payload.name))
-            if times:
-                us = np.asarray(times) * 1e6
+            timed = samples.get((case.name, payload.name))
+            if timed:
+                us = np.asarray(timed) * 1e6
                 results.append(Result(case.name, case.group, payload.name, len(us),
                                       float(np.median(us)), float(np.percentile(us, 90)),
                                       baseline=case.baseline))

@@ -656,7 +656,7 @@ def _offered_subprotocols(request: Request) -> list[str]:
             for p in value.split(",") if p.strip()]
 
 
-def _select_token_subprotocol(protocol: Any, offered: Sequence[str]) -> str | None:
+def _select_token_subprotocol(protocol: Any, offered: Sequence[Any]) -> Any:
     # a browser fails the connection unless the server picks one of its offers;
     # the token itself was checked before accepting
     return next((p for p in offered if p.startswith(TOKEN_SUBPROTOCOL)), None)
