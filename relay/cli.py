@@ -7,14 +7,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
-from relay.core.errors import RelayError
+from relay.core.errors import RelayError, RemoteError
 
 
-def _fail(exc: RelayError) -> None:
+def _fail(exc: RelayError) -> NoReturn:
+    if isinstance(exc, RemoteError):  # the server's traceback is for logs, not the terminal
+        detail = f"{exc.remote_type}: {exc.remote_message}" if exc.remote_type \
+            else exc.remote_message
+        raise click.ClickException(f"{type(exc).__name__}: {detail}")
     raise click.ClickException(f"{type(exc).__name__}: {exc}")
 
 

@@ -60,3 +60,19 @@ def test_serve_reports_bad_url():
     result = run("serve", "CartPole-v1", "--url", "zmq+tcp://127.0.0.1:notaport")
     assert result.returncode != 0 and "InvalidURL" in result.stderr
 
+
+
+def test_remote_error_is_one_clear_line():
+    server = subprocess.Popen([*RELAY, "serve", "--url", "zmq+tcp://127.0.0.1:0"],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        url = server.stderr.readline().rsplit(" on ", 1)[1].strip()
+        result = run("run", url, "--episodes", "1")  # no --env: this server needs one
+        assert result.returncode != 0
+        assert "RemoteError" in result.stderr and "needs an env_id" in result.stderr
+        assert "Traceback" not in result.stderr
+        result = run("run", url, "--env", "MountainCarContinuous-v0", "--episodes", "1")
+        assert result.returncode == 0, result.stderr
+    finally:
+        server.terminate()
+        server.wait(10)
