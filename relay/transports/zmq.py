@@ -18,6 +18,13 @@ Design (one server thread per channel, no socket shared between threads):
   ``recv`` is one blocking ``zmq_msg_recv`` per frame, with ``RCVTIMEO`` of
   at most :data:`CHECK_INTERVAL`; no ``zmq_poll`` (polling the monitor socket
   on every ``recv`` cost ~50 µs of system time per round trip here).
+  Before blocking, ``recv`` polls without blocking for up to ``?spin=``
+  microseconds (:data:`DEFAULT_SPIN_US`), yielding the core between polls:
+  an answer that comes within the peer's turn is then taken without putting
+  this thread to sleep, and a sleep plus wake-up costs 50-100 µs on these
+  VMs.  Measured (relay bench, both sides spinning vs not), median µs S/M/L:
+  zmq+ipc 184/176/216 vs 345/265/356; zmq+tcp 186/195/224 vs 348/345/449.
+  ``?spin=0`` turns it off (an idle agent or env then costs no CPU at all).
 * Peer death: each channel socket has a monitor socket, read only when a
   ``recv`` wait expires; ``EVENT_DISCONNECTED`` (or a failed handshake, or a
   connect that gave up) turns into ``ConnectionLost`` once no data is left,
@@ -62,6 +69,7 @@ import zmq
 from relay.codecs.base import Buffer
 from relay.core.config import Settings
 from relay.core.errors import (
+    ConfigError,
     ConnectError,
     ConnectionLost,
     InvalidURL,
@@ -71,8 +79,8 @@ from relay.core.errors import (
 )
 from relay.core.url import URL
 
-__all__ = ["HEARTBEAT_IVL_MS", "HEARTBEAT_TIMEOUT_MS", "ZmqChannel", "ZmqListener",
-           "ZmqTransport"]
+__all__ = ["DEFAULT_SPIN_US", "HEARTBEAT_IVL_MS", "HEARTBEAT_TIMEOUT_MS", "ZmqChannel",
+           "ZmqListener", "ZmqTransport"]
 
 MAGIC = b"relay-zmq/1"
 """First frame of the rendezvous hello and of its answer."""
@@ -177,6 +185,21 @@ def _endpoint(url: URL, port: int | str | None = None) -> str:
     return f"tcp://{host}:{port}"
 
 
+DEFAULT_SPIN_US = 250.0
+"""Default ``?spin=`` budget of ``recv``, microseconds (see the module docstring)."""
+
+
+def _spin_us(url: URL) -> float:
+    try:
+        spin = float(url.query.get("spin", DEFAULT_SPIN_US))
+    except ValueError:
+        spin = -1.0
+    if spin < 0:
+        raise ConfigError(f"?spin= must be a number of microseconds >= 0, not "
+                          f"{url.query.get('spin')!r}")
+    return spin
+
+
 class ZmqChannel:
     """One DEALER socket with exactly one peer; see the module docstring.
 
@@ -184,8 +207,9 @@ class ZmqChannel:
     """
 
     def __init__(self, sock: zmq.Socket, settings: Settings, *, ipc_path: str | None = None,
-                 name: str = "") -> None:
+                 name: str = "", spin_us: float = 0.0) -> None:
         self._sock = sock
+        self._spin_ns = int(spin_us * 1000)
         self._limit = settings.max_message_size
         self._send_timeout = settings.timeout
         self._ipc_path = ipc_path
@@ -276,6 +300,21 @@ class ZmqChannel:
         with self._io_lock:
             return self._recv_locked(timeout)
 
+    def _spin_recv(self, sock: zmq.Socket) -> zmq.Frame | None:
+        """Poll without blocking for up to ``spin`` (yielding the core between
+        polls): an answer that comes within the peer's turn is taken without a
+        sleep and wake-up of this thread, which costs 50-100 µs on these VMs."""
+        if not self._spin_ns:
+            return None
+        end = time.perf_counter_ns() + self._spin_ns
+        while True:
+            try:
+                return sock.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                if time.perf_counter_ns() >= end:
+                    return None
+                os.sched_yield()
+
     def _recv_locked(self, timeout: float | None) -> list[Buffer]:
         if self._closed:
             raise ConnectionLost(f"{self._name}: channel is closed")
@@ -293,7 +332,7 @@ class ZmqChannel:
                     sock.setsockopt(zmq.RCVTIMEO, wait_ms)
                     self._rcvtimeo = wait_ms
                 try:
-                    frame = sock.recv(0, copy=False)
+                    frame = self._spin_recv(sock) or sock.recv(0, copy=False)
                 except zmq.Again:
                     if self._closed:  # close() from another thread
                         self._teardown()
@@ -399,6 +438,7 @@ class ZmqListener:
         self._settings = settings
         self._closed = False
         self._ipc_path: str | None = None
+        self._spin_us = _spin_us(url)
         if url.scheme == "zmq+ipc":
             _check_ipc_path_free(url)
         sock = _socket(zmq.ROUTER, RENDEZVOUS_MAX_BYTES)
@@ -465,7 +505,8 @@ class ZmqListener:
             with _native("cannot open a channel endpoint", TransportError):
                 sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
                 sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-                channel = ZmqChannel(sock, settings, name=f"{self._address.render()} (server)")
+                channel = ZmqChannel(sock, settings, name=f"{self._address.render()} (server)",
+                                     spin_us=self._spin_us)
                 if self._url.scheme == "zmq+ipc":
                     ipc_path = f"{self._url.address}.{secrets.token_hex(6)}"
                     channel._ipc_path = ipc_path
@@ -552,7 +593,8 @@ class ZmqTransport:
                 sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
                 if url.scheme == "zmq+tcp" and ":" in url.host:
                     sock.setsockopt(zmq.IPV6, 1)
-                channel = ZmqChannel(sock, settings, name=f"{target} (client)")
+                channel = ZmqChannel(sock, settings, name=f"{target} (client)",
+                                     spin_us=_spin_us(url))
                 sock.connect(endpoint)
                 channel._wait_connected(deadline)
         except BaseException:

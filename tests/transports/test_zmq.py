@@ -333,3 +333,19 @@ def test_relay_demo_runs_end_to_end():
     assert result.returncode == 0, result.stderr
     assert "steps/s" in result.stdout
     assert "zmq+ipc://" in result.stdout
+
+
+@pytest.mark.parametrize("spin", ["0", "1000"])
+def test_spin_option_round_trips(spin):
+    with relay.serve("CartPole-v1", f"zmq+tcp://127.0.0.1:0?spin={spin}") as server:
+        env = relay.make(server.address.with_options(spin=spin))
+        try:
+            env.reset(seed=0)
+            assert env.step(0)[0].shape == (4,)
+        finally:
+            env.close()
+
+
+def test_bad_spin_option_is_a_config_error():
+    with pytest.raises(relay.ConfigError, match="spin"):
+        relay.serve("CartPole-v1", "zmq+tcp://127.0.0.1:0?spin=-5")
