@@ -26,14 +26,18 @@ Contract shared by all transports (checked by :mod:`relay.testing`):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from relay.codecs.base import Buffer
 from relay.core.config import Settings
+from relay.core.errors import ConfigError
 from relay.core.url import URL
 
-__all__ = ["Channel", "Listener", "Transport", "message_size"]
+__all__ = ["DEFAULT_SPIN_US", "Channel", "Listener", "Transport", "message_size", "spin_ns",
+           "spin_until"]
 
 
 @runtime_checkable
@@ -81,3 +85,40 @@ class Transport(Protocol):
 def message_size(frames: Sequence[Buffer]) -> int:
     """Total bytes of a message's frames."""
     return sum(memoryview(f).nbytes for f in frames)
+
+
+DEFAULT_SPIN_US = 250.0
+"""Default ``?spin=`` budget, microseconds: how long a waiting ``recv`` polls
+before it lets its thread sleep.  A sleep and wake-up costs 50-100 µs on these
+VMs, more than a whole relay step; spinning through the peer's turn avoids it
+(measured: relay over zmq+ipc S/M/L 345/265/356 -> 184/176/216 µs)."""
+
+
+def spin_ns(url: URL) -> int:
+    """The ``?spin=MICROSECONDS`` option of ``url`` in nanoseconds (0 turns spinning off).
+
+    Raises:
+        ConfigError: not a number >= 0.
+    """
+    text = url.query.get("spin", str(DEFAULT_SPIN_US))
+    try:
+        spin = float(text)
+    except ValueError:
+        spin = -1.0
+    if not spin >= 0:
+        raise ConfigError(f"?spin= must be a number of microseconds >= 0, not {text!r}")
+    return int(spin * 1000)
+
+
+def spin_until(ready: Callable[[], bool], budget_ns: int) -> bool:
+    """Call ``ready()`` until it is true or ``budget_ns`` nanoseconds have passed,
+    yielding the core between calls (on 2 cores a pure busy-wait starves the
+    peer).  True if ``ready()`` became true."""
+    if ready():
+        return True
+    end = time.perf_counter_ns() + budget_ns
+    while time.perf_counter_ns() < end:
+        os.sched_yield()
+        if ready():
+            return True
+    return False

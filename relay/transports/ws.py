@@ -90,6 +90,7 @@ from relay.core.errors import (
     TransportError,
 )
 from relay.core.url import URL
+from relay.transports.base import spin_ns, spin_until
 
 try:
     import websockets
@@ -220,8 +221,10 @@ class _Conn:
     """
 
     def __init__(self, sock: socket.socket, protocol: Any, *, ping_interval: float | None,
-                 ping_timeout: float | None, send_timeout: float, name: str) -> None:
+                 ping_timeout: float | None, send_timeout: float, name: str,
+                 spin: int = 0) -> None:
         self.sock = sock
+        self.spin = spin  # ns to poll before a read sleeps (relay.transports.base.spin_until)
         self.protocol = protocol
         self.send_timeout = send_timeout
         self.ping_interval = ping_interval
@@ -304,6 +307,8 @@ class _Conn:
         sock = self.sock
         if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
             try:
+                if self.spin and (wait is None or wait > 0):
+                    spin_until(lambda: bool(select.select([sock], [], [], 0)[0]), self.spin)
                 ready, _, _ = select.select([sock], [], [], wait)
             except (OSError, ValueError) as exc:
                 self._lose(f"WebSocket failed: {exc}")
@@ -688,6 +693,7 @@ class WsListener:
         self._settings = settings
         self._path = url.path
         self._options = _options(url)
+        self._spin = spin_ns(url)
         self._ssl = _server_ssl(url) if url.scheme == "wss" else None
         self._pending: queue.SimpleQueue[WsChannel | None] = queue.SimpleQueue()
         self._routes: dict[str, Callable[[WsChannel], None]] = {}
@@ -794,7 +800,7 @@ class WsListener:
         _blocking_with_send_deadline(sock, self._settings.timeout)
         conn = _Conn(sock, protocol, ping_interval=self._options["ping_interval"],
                      ping_timeout=self._options["ping_timeout"],
-                     send_timeout=self._settings.timeout, name="server")
+                     send_timeout=self._settings.timeout, name="server", spin=self._spin)
         channel = WsChannel(conn, self._settings.max_message_size, path=request.path,
                             headers=request.headers, on_close=self._forget)
         conn.start(rest)
@@ -922,5 +928,5 @@ class WsTransport:
         options = _options(url)
         conn = _Conn(sock, protocol, ping_interval=options["ping_interval"],
                      ping_timeout=options["ping_timeout"], send_timeout=settings.timeout,
-                     name="client")
+                     name="client", spin=spin_ns(url))
         return WsChannel(conn.start(rest), settings.max_message_size, path=url.path)

@@ -19,7 +19,7 @@ Design (one server thread per channel, no socket shared between threads):
   at most :data:`CHECK_INTERVAL`; no ``zmq_poll`` (polling the monitor socket
   on every ``recv`` cost ~50 µs of system time per round trip here).
   Before blocking, ``recv`` polls without blocking for up to ``?spin=``
-  microseconds (:data:`DEFAULT_SPIN_US`), yielding the core between polls:
+  microseconds (:data:`relay.transports.base.DEFAULT_SPIN_US`), yielding the core:
   an answer that comes within the peer's turn is then taken without putting
   this thread to sleep, and a sleep plus wake-up costs 50-100 µs on these
   VMs.  Measured (relay bench, both sides spinning vs not), median µs S/M/L:
@@ -69,7 +69,6 @@ import zmq
 from relay.codecs.base import Buffer
 from relay.core.config import Settings
 from relay.core.errors import (
-    ConfigError,
     ConnectError,
     ConnectionLost,
     InvalidURL,
@@ -78,9 +77,10 @@ from relay.core.errors import (
     TransportError,
 )
 from relay.core.url import URL
+from relay.transports.base import spin_ns, spin_until
 
-__all__ = ["DEFAULT_SPIN_US", "HEARTBEAT_IVL_MS", "HEARTBEAT_TIMEOUT_MS", "ZmqChannel",
-           "ZmqListener", "ZmqTransport"]
+__all__ = ["HEARTBEAT_IVL_MS", "HEARTBEAT_TIMEOUT_MS", "ZmqChannel", "ZmqListener",
+           "ZmqTransport"]
 
 MAGIC = b"relay-zmq/1"
 """First frame of the rendezvous hello and of its answer."""
@@ -185,21 +185,6 @@ def _endpoint(url: URL, port: int | str | None = None) -> str:
     return f"tcp://{host}:{port}"
 
 
-DEFAULT_SPIN_US = 250.0
-"""Default ``?spin=`` budget of ``recv``, microseconds (see the module docstring)."""
-
-
-def _spin_us(url: URL) -> float:
-    try:
-        spin = float(url.query.get("spin", DEFAULT_SPIN_US))
-    except ValueError:
-        spin = -1.0
-    if spin < 0:
-        raise ConfigError(f"?spin= must be a number of microseconds >= 0, not "
-                          f"{url.query.get('spin')!r}")
-    return spin
-
-
 class ZmqChannel:
     """One DEALER socket with exactly one peer; see the module docstring.
 
@@ -207,9 +192,9 @@ class ZmqChannel:
     """
 
     def __init__(self, sock: zmq.Socket, settings: Settings, *, ipc_path: str | None = None,
-                 name: str = "", spin_us: float = 0.0) -> None:
+                 name: str = "", spin: int = 0) -> None:
         self._sock = sock
-        self._spin_ns = int(spin_us * 1000)
+        self._spin_ns = spin
         self._limit = settings.max_message_size
         self._send_timeout = settings.timeout
         self._ipc_path = ipc_path
@@ -301,19 +286,10 @@ class ZmqChannel:
             return self._recv_locked(timeout)
 
     def _spin_recv(self, sock: zmq.Socket) -> zmq.Frame | None:
-        """Poll without blocking for up to ``spin`` (yielding the core between
-        polls): an answer that comes within the peer's turn is taken without a
-        sleep and wake-up of this thread, which costs 50-100 µs on these VMs."""
-        if not self._spin_ns:
-            return None
-        end = time.perf_counter_ns() + self._spin_ns
-        while True:
-            try:
-                return sock.recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                if time.perf_counter_ns() >= end:
-                    return None
-                os.sched_yield()
+        """A frame that arrives within the spin budget, taken without sleeping."""
+        if self._spin_ns and spin_until(lambda: bool(sock.poll(0)), self._spin_ns):
+            return sock.recv(zmq.NOBLOCK, copy=False)
+        return None
 
     def _recv_locked(self, timeout: float | None) -> list[Buffer]:
         if self._closed:
@@ -438,7 +414,7 @@ class ZmqListener:
         self._settings = settings
         self._closed = False
         self._ipc_path: str | None = None
-        self._spin_us = _spin_us(url)
+        self._spin_ns = spin_ns(url)
         if url.scheme == "zmq+ipc":
             _check_ipc_path_free(url)
         sock = _socket(zmq.ROUTER, RENDEZVOUS_MAX_BYTES)
@@ -506,7 +482,7 @@ class ZmqListener:
                 sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
                 sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
                 channel = ZmqChannel(sock, settings, name=f"{self._address.render()} (server)",
-                                     spin_us=self._spin_us)
+                                     spin=self._spin_ns)
                 if self._url.scheme == "zmq+ipc":
                     ipc_path = f"{self._url.address}.{secrets.token_hex(6)}"
                     channel._ipc_path = ipc_path
@@ -594,7 +570,7 @@ class ZmqTransport:
                 if url.scheme == "zmq+tcp" and ":" in url.host:
                     sock.setsockopt(zmq.IPV6, 1)
                 channel = ZmqChannel(sock, settings, name=f"{target} (client)",
-                                     spin_us=_spin_us(url))
+                                     spin=spin_ns(url))
                 sock.connect(endpoint)
                 channel._wait_connected(deadline)
         except BaseException:

@@ -49,6 +49,7 @@ from relay import (
     Timeout,
     TransportError,
 )
+from relay.transports.base import spin_ns, spin_until
 
 __all__ = ["MAX_FRAMES", "TcpChannel", "TcpListener", "TcpTransport"]
 
@@ -75,8 +76,10 @@ class TcpChannel:
     ``recv`` (or two ``send``) calls may not.
     """
 
-    def __init__(self, sock: socket.socket, settings: Settings, peer: str) -> None:
+    def __init__(self, sock: socket.socket, settings: Settings, peer: str,
+                 spin: int = 0) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._spin = spin  # ns a read polls before it sleeps (relay's ?spin= option)
         sock.setblocking(False)
         self._sock = sock
         self._fd = sock.fileno()
@@ -236,6 +239,8 @@ class TcpChannel:
             try:
                 received = self._sock.recv_into(target)
             except BlockingIOError:
+                if self._spin and spin_until(lambda: bool(self._readable.poll(0)), self._spin):
+                    continue
                 if not self._readable.poll(_poll_ms(deadline)):
                     raise Timeout(f"no message from {self._peer} within {timeout} s") from None
                 continue
@@ -276,7 +281,8 @@ class TcpChannel:
 class TcpListener:
     """A listening TCP socket; ``accept`` gives one :class:`TcpChannel` per client."""
 
-    def __init__(self, sock: socket.socket, settings: Settings) -> None:
+    def __init__(self, sock: socket.socket, settings: Settings, spin: int = 0) -> None:
+        self._spin = spin
         sock.setblocking(False)
         self._sock = sock
         self._settings = settings
@@ -315,7 +321,8 @@ class TcpListener:
                     raise ConnectionLost("the tcp listener is closed") from exc
                 raise TransportError(f"accept on {self._address} failed: {exc}") from exc
             try:
-                return TcpChannel(sock, self._settings, f"tcp client {peer[0]}:{peer[1]}")
+                return TcpChannel(sock, self._settings, f"tcp client {peer[0]}:{peer[1]}",
+                                  spin=self._spin)
             except OSError:  # reset before we could set it up
                 sock.close()
 
@@ -357,7 +364,7 @@ class TcpTransport:
             sock = socket.create_server((host, port), family=family, backlog=128)
         except OSError as exc:
             raise TransportError(f"cannot listen on {url.render()}: {exc}") from exc
-        return TcpListener(sock, settings)
+        return TcpListener(sock, settings, spin_ns(url))
 
     def connect(self, url: URL, settings: Settings, *, timeout: float) -> TcpChannel:
         """Connect to ``url`` within ``timeout`` seconds.
@@ -374,7 +381,7 @@ class TcpTransport:
         except OSError as exc:
             raise ConnectError(f"cannot connect to {url.render()}: {exc}") from exc
         try:
-            return TcpChannel(sock, settings, f"tcp server {host}:{port}")
+            return TcpChannel(sock, settings, f"tcp server {host}:{port}", spin=spin_ns(url))
         except OSError as exc:
             sock.close()
             raise ConnectError(f"cannot set up {url.render()}: {exc}") from exc
