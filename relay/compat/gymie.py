@@ -71,6 +71,7 @@ import json
 import logging
 import math
 import re
+import select
 import socket
 import ssl
 import time
@@ -117,6 +118,7 @@ from relay.core.messages import (
 )
 from relay.core.url import URL
 from relay.server import ThreadedServer
+from relay.transports.base import spin_ns, spin_until
 
 __all__ = [
     "FLOAT32_MAX",
@@ -555,6 +557,7 @@ class GymieServer(ThreadedServer):
         self._factory = factory
         self.settings = settings
         self._path = url.path or GYMIE_PATH
+        self._spin = spin_ns(url)
         self._tls = _server_tls(url) if url.scheme == "wss" else None
         host = url.host or "127.0.0.1"
         try:
@@ -656,6 +659,9 @@ class GymieServer(ThreadedServer):
                 self._close(sock, protocol, 1001, "server closing")
                 return
             try:
+                # the next request usually comes within the agent's turn: poll for it
+                # before sleeping (see relay.transports.base.spin_until)
+                spin_until(lambda: bool(select.select([sock], [], [], 0)[0]), self._spin)
                 data = sock.recv(_RECV_SIZE)
             except TimeoutError:
                 continue
