@@ -119,6 +119,7 @@ from relay.core.messages import (
 from relay.core.url import URL
 from relay.server import ThreadedServer
 from relay.transports.base import spin_ns, spin_until
+from relay.transports.ws import server_ssl_context
 
 __all__ = [
     "FLOAT32_MAX",
@@ -558,7 +559,7 @@ class GymieServer(ThreadedServer):
         self.settings = settings
         self._path = url.path or GYMIE_PATH
         self._spin = spin_ns(url)
-        self._tls = _server_tls(url) if url.scheme == "wss" else None
+        self._tls = server_ssl_context(url) if url.scheme == "wss" else None
         host = url.host or "127.0.0.1"
         try:
             self._socket = socket.create_server((host, url.port or 0),
@@ -746,18 +747,6 @@ def _flush(sock: socket.socket, protocol: Any) -> None:
     if len(data) < len(chunks):
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
-
-
-def _server_tls(url: URL) -> ssl.SSLContext:
-    certfile = url.query.get("certfile")
-    if not certfile:
-        raise ConfigError(f"{url.render()}: a wss:// server needs ?certfile=PEM[&keyfile=PEM]")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(certfile, url.query.get("keyfile") or None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the TLS certificate {certfile!r}: {exc}") from exc
-    return context
 
 
 # ---------------------------------------------------------------------------

@@ -84,7 +84,7 @@ from relay.core.errors import (
 from relay.core.url import URL
 from relay.transports.base import message_size
 
-__all__ = ["METHOD", "GrpcChannel", "GrpcListener", "GrpcTransport", "pack", "unpack"]
+__all__ = ["METHOD", "GrpcChannel", "GrpcListener", "GrpcTransport", "pack", "tls_file", "unpack"]
 
 SERVICE = "relay.v1.Relay"
 METHOD = f"/{SERVICE}/Channel"
@@ -174,7 +174,12 @@ def _options(url: URL, settings: Settings, *, server: bool) -> list[tuple[str, A
     return options
 
 
-def _tls_file(url: URL, name: str, *, required: bool = False) -> bytes | None:
+def tls_file(url: URL, name: str, *, required: bool = False) -> bytes | None:
+    """The PEM file named by URL option ``name`` (or ``RELAY_TLS_<NAME>``), or None.
+
+    Raises:
+        ConfigError: a required option is missing, or the file cannot be read.
+    """
     path = url.query.get(name) or os.environ.get(f"RELAY_TLS_{name.upper()}")
     if not path:
         if required:
@@ -328,8 +333,8 @@ class GrpcListener:
         try:
             if url.scheme == "grpcs":
                 credentials = grpc.ssl_server_credentials(
-                    [(_tls_file(url, "key", required=True), _tls_file(url, "cert", required=True))],
-                    root_certificates=_tls_file(url, "client_ca"),
+                    [(tls_file(url, "key", required=True), tls_file(url, "cert", required=True))],
+                    root_certificates=tls_file(url, "client_ca"),
                     require_client_auth=bool(url.query.get("client_ca")
                                              or os.environ.get("RELAY_TLS_CLIENT_CA")),
                 )
@@ -418,9 +423,9 @@ class GrpcTransport:
         options = _options(url, settings, server=False)
         if url.scheme == "grpcs":
             credentials = grpc.ssl_channel_credentials(
-                root_certificates=_tls_file(url, "ca"),
-                private_key=_tls_file(url, "key"),
-                certificate_chain=_tls_file(url, "cert"),
+                root_certificates=tls_file(url, "ca"),
+                private_key=tls_file(url, "key"),
+                certificate_chain=tls_file(url, "cert"),
             )
             grpc_channel = grpc.secure_channel(target, credentials, options=options)
         else:

@@ -45,17 +45,6 @@ relay message (relay's ``Hello`` token is checked as well).  Browsers cannot
 set headers: they may offer the subprotocol ``relay.token.<base64url token>``
 instead (:func:`token_subprotocol`), which the server accepts and selects.
 
-Hooks for other wire formats on the same server (e.g. Gymie on ``/gym``):
-
-* :meth:`WsListener.route` gives every connection to one path to a handler
-  ``handler(channel)`` called in that connection's thread, instead of
-  :meth:`WsListener.accept`; the connection ends when the handler returns;
-* :class:`WsChannel` also offers :meth:`~WsChannel.send_raw` /
-  :meth:`~WsChannel.recv_raw` (one whole WebSocket message, ``str`` for text,
-  ``bytes`` for binary, no relay framing) and :meth:`~WsChannel.close`
-  with a close code and reason; ``channel.path`` and ``channel.headers`` hold
-  the upgrade request's path (with query) and headers on the server side.
-
 A listen URL with a path (``ws://127.0.0.1:0/relay``) accepts WebSocket
 connections to that path only (HTTP 404 otherwise); without a path, any path.
 """
@@ -265,16 +254,17 @@ class _Conn:
             self._lose(f"WebSocket failed while sending: {exc}")
             raise ConnectionLost(self.lost) from exc
 
-    def send_message(self, parts: Sequence[Buffer], *, text: bool = False) -> None:
-        """Send one message made of ``parts`` (one fragment each).  Raises ConnectionLost."""
+    def send_message(self, parts: Sequence[Buffer]) -> None:
+        """Send one binary message made of ``parts`` (one fragment each).
+
+        Raises ConnectionLost."""
         with self._lock:
             if self.lost is not None or self.protocol.state is not State.OPEN:
                 raise ConnectionLost(self.lost or "the WebSocket is closing")
-            send_first = self.protocol.send_text if text else self.protocol.send_binary
             last = len(parts) - 1
             for i, part in enumerate(parts):
                 if i == 0:
-                    send_first(part, fin=last == 0)
+                    self.protocol.send_binary(part, fin=last == 0)
                 else:
                     self.protocol.send_continuation(part, fin=i == last)
             self._flush()
@@ -454,15 +444,13 @@ class WsChannel:
     Attributes:
         path: the request path with query (server side; the client's URL path
             on the client side).
-        headers: the upgrade request's headers (server side), or None.
     """
 
-    def __init__(self, conn: _Conn, limit: int, *, path: str = "", headers: Any = None,
+    def __init__(self, conn: _Conn, limit: int, *, path: str = "",
                  on_close: Callable[[WsChannel], None] | None = None) -> None:
         self._conn = conn
         self._limit = limit
         self.path = path
-        self.headers = headers
         self._closed = False
         self._on_close = on_close
 
@@ -510,36 +498,6 @@ class WsChannel:
             return self._conn.recv_message(timeout)
         except TimeoutError:
             raise Timeout(f"no message within {timeout} s") from None
-
-    # -- raw WebSocket messages (for other wire formats) --------------------
-
-    def send_raw(self, data: str | bytes) -> None:
-        """Send one WebSocket message as is: text for ``str``, binary for bytes.
-
-        Raises: ConnectionLost.
-        """
-        self._check_open()
-        if isinstance(data, str):
-            self._conn.send_message([data.encode()], text=True)
-        else:
-            self._conn.send_message([data])
-
-    def recv_raw(self, timeout: float | None = None) -> str | bytes:
-        """The next whole WebSocket message (``str`` if text, ``bytes`` if binary).
-
-        Raises:
-            Timeout: nothing within ``timeout`` seconds (the channel stays usable).
-            ConnectionLost: the peer closed or the connection broke (size limit too);
-                a text message that is not UTF-8 closes with 1007.
-        """
-        is_text, fragments = self._recv_fragments(timeout)
-        data = fragments[0] if len(fragments) == 1 else b"".join(fragments)
-        if not is_text:
-            return data
-        try:
-            return data.decode()
-        except UnicodeDecodeError:
-            self._reject(CLOSE_BAD_DATA, "text message is not UTF-8")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -694,9 +652,8 @@ class WsListener:
         self._path = url.path
         self._options = _options(url)
         self._spin = spin_ns(url)
-        self._ssl = _server_ssl(url) if url.scheme == "wss" else None
+        self._ssl = server_ssl_context(url) if url.scheme == "wss" else None
         self._pending: queue.SimpleQueue[WsChannel | None] = queue.SimpleQueue()
-        self._routes: dict[str, Callable[[WsChannel], None]] = {}
         self._channels: set[WsChannel] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -723,15 +680,6 @@ class WsListener:
         query = {k: v for k, v in self._url.query.items() if k not in SERVER_ONLY_OPTIONS}
         return self._url.set(address=f"{netloc}:{self._port}{self._path}", query=query)
 
-    def route(self, path: str, handler: Callable[[WsChannel], None]) -> None:
-        """Give connections to ``path`` (exact, without query) to ``handler(channel)``.
-
-        The handler runs in the connection's own thread; the connection is
-        closed when it returns.  Routed paths are accepted even when the
-        listen URL names another path.
-        """
-        self._routes[path] = handler
-
     def _accept_loop(self) -> None:
         while not self._closed.is_set():
             try:
@@ -748,7 +696,7 @@ class WsListener:
 
     def _refusal(self, request: Request) -> tuple[http.HTTPStatus, str] | None:
         path = request.path.split("?", 1)[0]
-        if self._path and path != self._path and path not in self._routes:
+        if self._path and path != self._path:
             return http.HTTPStatus.NOT_FOUND, f"no relay endpoint at {path}; try {self._path}\n"
         token = self._settings.token
         if token is not None:
@@ -762,7 +710,7 @@ class WsListener:
         return None
 
     def _handshake(self, sock: socket.socket) -> None:
-        """The opening handshake of one client (its own thread); then queue or route it."""
+        """The opening handshake of one client (its own thread); then queue it for accept."""
         deadline = time.monotonic() + self._settings.connect_timeout
         protocol = ServerProtocol(max_size=self._settings.max_message_size + HEADER_ROOM,
                                   select_subprotocol=_select_token_subprotocol)
@@ -802,17 +750,8 @@ class WsListener:
                      ping_timeout=self._options["ping_timeout"],
                      send_timeout=self._settings.timeout, name="server", spin=self._spin)
         channel = WsChannel(conn, self._settings.max_message_size, path=request.path,
-                            headers=request.headers, on_close=self._forget)
+                            on_close=self._forget)
         conn.start(rest)
-        route = self._routes.get(request.path.split("?", 1)[0])
-        if route is not None:
-            try:
-                route(channel)
-            except Exception:
-                log.exception("WebSocket route handler for %s failed", request.path)
-            finally:
-                channel.close()
-            return
         with self._lock:
             if self._closed.is_set():
                 channel.close(1001, "server closing")
@@ -852,7 +791,12 @@ class WsListener:
             sock.close()
 
 
-def _server_ssl(url: URL) -> ssl.SSLContext:
+def server_ssl_context(url: URL) -> ssl.SSLContext:
+    """TLS context of a ``wss://`` server from ``?certfile=PEM[&keyfile=PEM]``.
+
+    Raises:
+        ConfigError: no certfile, or the certificate cannot be loaded.
+    """
     certfile = url.query.get("certfile")
     if not certfile:
         raise ConfigError(f"{url.render()}: a wss:// server needs ?certfile=PEM[&keyfile=PEM]")

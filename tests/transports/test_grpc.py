@@ -294,23 +294,31 @@ def test_client_killed_server_keeps_serving(cartpole_server) -> None:
         proc.wait(10)
 
 
+HI_CLIENT_SCRIPT = textwrap.dedent("""
+    import sys
+    from relay.core.config import Settings
+    from relay.core.plugins import get_transport
+    from relay.core.url import make_url
+    ch = get_transport("grpc").connect(make_url(sys.argv[1]), Settings(), timeout=5)
+    ch.send([b"hi"])
+    print("sent", flush=True)
+    sys.stdin.read()
+""")
+
+
+def _client_process(listener) -> subprocess.Popen:
+    """A client process that connects to ``listener``, sends b"hi", prints "sent", then waits."""
+    env_vars = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-c", HI_CLIENT_SCRIPT, str(listener.address)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=env_vars, cwd=ROOT)
+
+
 def test_server_sees_dead_client_as_connection_lost() -> None:
     """A client process SIGKILLed: the server channel gets ConnectionLost, not silence."""
     transport = get_transport("grpc")
     listener = transport.listen(make_url("grpc://127.0.0.1:0"), Settings())
-    script = textwrap.dedent(f"""
-        import sys
-        from relay.core.config import Settings
-        from relay.core.plugins import get_transport
-        from relay.core.url import make_url
-        ch = get_transport("grpc").connect(make_url("{listener.address}"), Settings(), timeout=5)
-        ch.send([b"hi"])
-        print("sent", flush=True)
-        sys.stdin.read()
-    """)
-    env_vars = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env_vars, cwd=ROOT)
+    proc = _client_process(listener)
     try:
         server = listener.accept(10.0)
         assert bytes(server.recv(10.0)[0]) == b"hi"
@@ -368,19 +376,7 @@ def test_frozen_client_is_noticed_by_server_keepalive() -> None:
     transport = get_transport("grpc")
     listener = transport.listen(
         make_url("grpc://127.0.0.1:0?keepalive=0.5&keepalive_timeout=1"), Settings())
-    script = textwrap.dedent(f"""
-        import sys
-        from relay.core.config import Settings
-        from relay.core.plugins import get_transport
-        from relay.core.url import make_url
-        ch = get_transport("grpc").connect(make_url("{listener.address}"), Settings(), timeout=5)
-        ch.send([b"hi"])
-        print("sent", flush=True)
-        sys.stdin.read()
-    """)
-    env_vars = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env_vars, cwd=ROOT)
+    proc = _client_process(listener)
     try:
         server = listener.accept(10.0)
         assert bytes(server.recv(10.0)[0]) == b"hi"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -221,30 +220,6 @@ def test_server_close_ends_client_connection() -> None:
     with pytest.raises(ConnectionLost):
         env.step(0)
     env.close()
-
-
-def test_route_hook_gets_raw_messages() -> None:
-    settings = Settings(connect_timeout=3.0)
-    listener = get_transport("ws").listen(make_url("ws://127.0.0.1:0/relay"), settings)
-    seen: list[object] = []
-
-    def echo(channel) -> None:
-        seen.append(channel.path)
-        message = channel.recv_raw(5.0)
-        channel.send_raw(message.upper())
-        channel.close(1000, "bye")
-
-    listener.route("/gym", echo)
-    try:
-        with ws_client.connect(f"ws://127.0.0.1:{listener.address.port}/gym?x=1",
-                               proxy=None) as ws:
-            ws.send("hello")
-            assert ws.recv(timeout=5) == "HELLO"
-        assert seen == ["/gym?x=1"]
-    finally:
-        listener.close()
-    assert not any(t.name == "relay-ws-server" and t.is_alive()
-                   for t in threading.enumerate() if t is not threading.current_thread())
 
 
 def test_keepalive_drops_a_silent_peer() -> None:

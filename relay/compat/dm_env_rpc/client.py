@@ -41,7 +41,7 @@ from dm_env_rpc.v1 import dm_env_rpc_pb2 as pb
 from dm_env_rpc.v1 import message_utils, tensor_utils
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from relay.compat.dm_env_rpc.server import REWARD, grpc_options, grpc_target, tls_file
+from relay.compat.dm_env_rpc.server import REWARD, grpc_options, grpc_target
 from relay.compat.dm_env_rpc.tensors import Layout, TensorError, pack_settings, space_from_specs
 from relay.core import spaces
 from relay.core.config import Settings
@@ -71,6 +71,7 @@ from relay.core.messages import (
 )
 from relay.core.plugins import get_codec
 from relay.core.url import URL
+from relay.transports.grpc import tls_file
 
 __all__ = ["DmEnvRpcConnection", "METHOD", "remote_error"]
 

@@ -47,7 +47,6 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
-import os
 import threading
 import traceback
 from collections.abc import Iterator
@@ -67,6 +66,7 @@ from relay.core.errors import CodecError, ConfigError, TransportError
 from relay.core.messages import Close, Error, Made, Make, Observation, Reset, Step, Transition
 from relay.core.url import URL
 from relay.server import EnvFactory, EnvHost
+from relay.transports.grpc import tls_file
 
 __all__ = ["DmEnvRpcServer", "StreamSession", "grpc_options"]
 
@@ -432,29 +432,6 @@ TLS_OPTIONS = ("cert", "key", "client_ca")
 """Server-side TLS URL options, kept out of ``server.address``."""
 
 
-def tls_file(url: URL, name: str, *, required: bool = False) -> bytes | None:
-    """The PEM file named by URL option ``name`` (or ``RELAY_TLS_<NAME>``), or None.
-
-    The same options as the ``grpcs://`` transport: ``cert``/``key`` (server,
-    or a client certificate), ``client_ca`` (server: require client
-    certificates), ``ca`` (client: roots that sign the server's certificate).
-
-    Raises:
-        ConfigError: a required option is missing, or the file cannot be read.
-    """
-    path = url.query.get(name) or os.environ.get(f"RELAY_TLS_{name.upper()}")
-    if not path:
-        if required:
-            raise ConfigError(f"{url.scheme}:// needs the URL option {name}=PATH "
-                              f"(or RELAY_TLS_{name.upper()})")
-        return None
-    try:
-        with open(path, "rb") as file:
-            return file.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the TLS file {name}={path!r}: {exc}") from exc
-
-
 def grpc_target(url: URL) -> str:
     """``host:port`` of a ``grpc://HOST:PORT`` URL (IPv6 hosts bracketed)."""
     host = url.host or "127.0.0.1"
@@ -474,7 +451,7 @@ class DmEnvRpcServer:
 
     ``grpcs://`` serves over TLS: URL options ``cert`` and ``key`` (PEM paths,
     required), ``client_ca`` (require client certificates signed by it); see
-    :func:`tls_file`.
+    :func:`relay.transports.grpc.tls_file`.
 
     Raises:
         ConfigError: a scheme other than ``grpc``/``grpcs``, a bad ``max_clients``,
