@@ -187,6 +187,13 @@ def relay_codecs() -> list[str]:
     return names
 
 
+def _unsendable(request_id: int, exc: RelayError) -> Envelope:
+    """The ``Error`` answer for an answer that could not be encoded or sent."""
+    return Envelope(request_id, Error(
+        code="env", message=f"cannot send the answer: {exc}",
+        remote_type=f"{type(exc).__module__}.{type(exc).__qualname__}"))
+
+
 def serve_channel(
     channel: Channel,
     handler: Handler,
@@ -230,15 +237,11 @@ def serve_channel(
             try:
                 reply = codec.encode(session.answer(envelope.id, handler(request)))
             except CodecError as exc:  # the env produced something that cannot travel
-                reply = codec.encode(session.answer(envelope.id, Error(
-                    code="env", message=f"cannot send the answer: {exc}",
-                    remote_type=type(exc).__name__)))
+                reply = codec.encode(_unsendable(envelope.id, exc))
             try:
                 channel.send(reply)
             except MessageTooLarge as exc:  # tell the client why instead of hanging up
-                channel.send(codec.encode(Envelope(envelope.id, Error(
-                    code="env", message=f"cannot send the answer: {exc}",
-                    remote_type="relay.core.errors.MessageTooLarge"))))
+                channel.send(codec.encode(_unsendable(envelope.id, exc)))
     except (ConnectionLost, Timeout, CodecError):
         return
     finally:
