@@ -93,7 +93,7 @@ Receive modes
 URL options
     ``?segment_size=BYTES`` initial data area per direction (default 1 MiB),
     ``?spin=MICROSECONDS`` spin budget before blocking (default
-    :data:`DEFAULT_SPIN_US`).
+    :data:`relay.transports.base.DEFAULT_SPIN_US`).
 
 Segments are made with ``posix_ipc`` (shm_open + ``mmap``), not
 ``multiprocessing.shared_memory``: on Python 3.11 the latter registers every
@@ -142,10 +142,10 @@ from relay.core.errors import (
     TransportError,
 )
 from relay.core.url import URL
+from relay.transports.base import spin_ns
 
 __all__ = [
     "DEFAULT_SEGMENT_SIZE",
-    "DEFAULT_SPIN_US",
     "ShmChannel",
     "ShmListener",
     "ShmTransport",
@@ -156,14 +156,12 @@ __all__ = [
 
 DEFAULT_SEGMENT_SIZE = 1 << 20
 """Initial data area of each direction, bytes (grows on demand)."""
-DEFAULT_SPIN_US = 250.0
-"""Spin budget before blocking, microseconds (``sched_yield`` between checks).
-
-It must cover the peer's whole turn (decode, ``env.step``, encode: 50-200 µs
-for relay on these VMs), not only the transport: with 50 µs the spin switched
-itself off and every message paid a 50-100 µs futex wake-up.  Measured, a
-CartPole step over shm, median of 5000: 233/239 µs at 50, 166/173 at 150,
-163/150 at 300."""
+# The spin budget is relay's common one (``?spin=``, default 250 µs,
+# relay.transports.base.DEFAULT_SPIN_US): it must cover the peer's whole turn
+# (decode, ``env.step``, encode: 50-200 µs for relay on these VMs), not only
+# the transport.  With 50 µs the spin switched itself off and every message
+# paid a 50-100 µs futex wake-up.  Measured, a CartPole step over shm, median
+# of 5000: 233/239 µs at 50, 166/173 at 150, 163/150 at 300.
 SLICE = 0.05
 """Longest single semaphore wait, seconds: the bound on noticing a dead peer."""
 PURE_SPIN_NS = 2_000
@@ -447,12 +445,12 @@ def _options(url: URL) -> tuple[int, int]:
     """``(segment bytes, spin budget in ns)`` from the URL query."""
     try:
         size = int(url.query.get("segment_size", DEFAULT_SEGMENT_SIZE))
-        spin = float(url.query.get("spin", DEFAULT_SPIN_US))
     except ValueError as exc:
         raise ConfigError(f"bad shm option in {url.render()}: {exc}") from exc
-    if size < 4096 or spin < 0:
-        raise ConfigError("segment_size must be >= 4096 bytes and spin >= 0 µs")
-    return _align(size), (round(spin * 1000) if _STRONG_ORDER else 0)
+    if size < 4096:
+        raise ConfigError("segment_size must be >= 4096 bytes")
+    spin = spin_ns(url)  # ConfigError unless a number of µs >= 0
+    return _align(size), (spin if _STRONG_ORDER else 0)
 
 
 def _max_segment(limit: int) -> int:

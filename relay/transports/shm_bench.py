@@ -4,7 +4,7 @@
   two ``multiprocessing.shared_memory`` segments (one per direction) and two
   ``posix_ipc`` semaphores, with the *same* wake-up as ``shm://`` (poll for
   :data:`~relay.transports.shm.PURE_SPIN_NS`, then poll with ``sched_yield`` up
-  to :data:`~relay.transports.shm.DEFAULT_SPIN_US`, then ``sem_timedwait``).
+  to :data:`~relay.transports.base.DEFAULT_SPIN_US`, then ``sem_timedwait``).
   Each step copies relay's own wire bytes for that step (the msgpack frames
   of ``Step`` and ``Transition``) into the segment and out again into a
   fresh buffer, as ``shm://`` does by default.  No relay code on the hot path.
@@ -54,7 +54,8 @@ from relay.bench import (
     time_calls,
     time_env,
 )
-from relay.transports.shm import DEFAULT_SPIN_US, PURE_SPIN_NS
+from relay.transports.base import DEFAULT_SPIN_US
+from relay.transports.shm import PURE_SPIN_NS
 
 RAW_SEM = "raw shm + semaphore"
 RAW_SOCK = "raw shm + socket doorbell"
