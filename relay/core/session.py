@@ -132,7 +132,8 @@ class ClientSession:
 
     def request(self, message: Request, *, now: float, timeout: float) -> Envelope:
         """The envelope for a new request, due ``timeout`` seconds after ``now``."""
-        self._move("request")
+        if self.state is not State.READY:  # READY -> READY is the one legal move
+            self._move("request")
         request_id = next(self._ids)
         self._pending[request_id] = (type(message), now + timeout)
         return Envelope(request_id, message)
@@ -143,7 +144,8 @@ class ClientSession:
         Raises:
             RemoteProtocolError: the answer is of the wrong type for its request.
         """
-        self._move("receive")
+        if self.state is not State.READY:
+            self._move("receive")
         pending = self._pending.pop(envelope.id, None)
         if self._pending:
             self.expire(now)
