@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import functools
-import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any, Protocol, runtime_checkable
 
@@ -111,23 +110,12 @@ _FIELD_NAMES: dict[type, tuple[str, ...]] = {
 }
 
 
-def _values_getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
-    """A function returning a message's field values in ``names`` order (C speed
-    for two or more fields: ``attrgetter`` of one name returns the bare value)."""
-    if len(names) > 1:
-        return operator.attrgetter(*names)
-    return lambda message: tuple(getattr(message, name) for name in names)
-
-
-_FIELD_VALUES = {cls: _values_getter(names) for cls, names in _FIELD_NAMES.items()}
-
 
 def envelope_to_parts(envelope: Envelope) -> tuple[int, str, dict[str, Any]]:
     """``(id, tag, fields)`` of an envelope, ready for a codec to serialize."""
     message = envelope.message
-    cls = type(message)
-    values = _FIELD_VALUES[cls](message)
-    return envelope.id, message.tag, dict(zip(_FIELD_NAMES[cls], values, strict=True))
+    body = {name: getattr(message, name) for name in _FIELD_NAMES[type(message)]}
+    return envelope.id, message.tag, body
 
 
 def envelope_from_parts(request_id: Any, tag: Any, body: Any) -> Envelope:
