@@ -34,6 +34,7 @@ Segments
         word 2   wtime    CLOCK_MONOTONIC ns of the last publication (spin tuning)
         word 8   rseq     messages released by the reader (own cache line)
         word 9   rclosed  1 once the reader has closed
+        word 10  rwait    1 while the reader sleeps (or is about to) on the semaphore
         word 16+ SLOTS descriptors of 4 words: data offset, record bytes, kind, 0
         byte 4096 on: the data area, a ring of records
 
@@ -57,8 +58,13 @@ Growth
 
 Wake-up (chosen by benchmark: ``relay/transports/shm_bench.py``)
     After publishing, the writer posts the reader's semaphore (``sem_post``:
-    an atomic increment, a futex syscall only when someone sleeps).  The
-    reader checks ``wseq``; then it spins, polling for
+    an atomic increment, a futex syscall only when someone sleeps) if the
+    reader's ``rwait`` word says it may be asleep; the writer reads it after
+    a full memory fence, and the reader raises it, fences and checks
+    ``wseq`` once more before it sleeps, so one of the two always sees the
+    other (see ``ShmChannel._wake``).  A reader that finds its message
+    without sleeping (the usual case) costs no semaphore call on either
+    side.  The reader checks ``wseq``; then it spins, polling for
     :data:`PURE_SPIN_NS` and calling ``sched_yield`` between checks after
     that (on 2 cores a pure busy-wait starves the peer: measured, a 50 µs
     pure spin made round trips 2-3x *slower* when the peer shared the
@@ -70,15 +76,17 @@ Wake-up (chosen by benchmark: ``relay/transports/shm_bench.py``)
     not counted).  A tighter budget (twice the typical answer time) was
     measured and dropped: any hiccup past it costs a 100 µs wake-up here.
     The semaphore is only a hint: ``wseq`` is the truth, so a stale count
-    costs one extra loop.  Measured here (2 cores, raw ping-pong of relay's
-    bytes, median µs S/M/L): semaphore 12-16 / 9-27 / 21-27, UNIX-socket
+    (a post that raced with the reader waking up) costs one extra loop.
+    Measured here (2 cores, raw ping-pong of relay's bytes, median µs
+    S/M/L): semaphore 12-16 / 9-27 / 21-27, UNIX-socket
     doorbell byte (a send and a recv syscall per message) 16-17 / 15-45 /
     25-48.  Waking a blocked peer costs 30-100 µs on this VM (futex + IPI),
     which is what the spin avoids.  Spinning is used only on x86 (total
     store order makes the ``wseq`` check safe without a fence); elsewhere
-    every message is fetched after a semaphore wait, whose acquire/release
-    semantics order the memory.  Where ``sem_timedwait`` is missing
-    (macOS), the blocking wait polls ``sem_trywait`` with a short sleep.
+    every publication is posted and every message fetched after a semaphore
+    wait, whose acquire/release semantics order the memory.  Where
+    ``sem_timedwait`` is missing (macOS), the blocking wait polls
+    ``sem_trywait`` with a short sleep.
 
 Receive modes
     By default ``recv`` returns ``bytearray`` frames that nobody else
@@ -177,7 +185,7 @@ HELLO_TIMEOUT = 2.0
 at once; a silent one must not hold up the clients behind it for long)."""
 PROTOCOL = "relay-shm/1"
 
-_W_SEQ, _W_CLOSED, _W_TIME, _R_SEQ, _R_CLOSED, _SLOT0 = 0, 1, 2, 8, 9, 16
+_W_SEQ, _W_CLOSED, _W_TIME, _R_SEQ, _R_CLOSED, _R_WAIT, _SLOT0 = 0, 1, 2, 8, 9, 10, 16
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _OBJECT = re.compile(r"^(?:sem\.)?relay_(\d+)_[0-9a-f]{8}$")
 _STRONG_ORDER = platform.machine().lower() in {"x86_64", "amd64", "i386", "i686", "x86"}
@@ -458,20 +466,10 @@ def _max_segment(limit: int) -> int:
     return HEADER + 4 * limit + (64 << 20)
 
 
-_U64 = struct.Struct("<Q")
-_STRUCTS: dict[int, struct.Struct] = {}
-_SEM_VALUE = bool(posix_ipc.SEMAPHORE_VALUE_SUPPORTED)
 _SEM_TIMEOUT = bool(posix_ipc.SEMAPHORE_TIMEOUT_SUPPORTED)
-
-
-def _words(count: int) -> struct.Struct:
-    """The struct of a record's frame table: the count, then ``count`` lengths."""
-    packer = _STRUCTS.get(count)
-    if packer is None:
-        packer = struct.Struct(f"<{count + 1}Q")
-        if count <= 64:  # a peer's odd counts must not grow the cache
-            _STRUCTS[count] = packer
-    return packer
+_LEARN_CAP = 10_000_000
+_monotonic_ns = time.monotonic_ns
+_sched_yield = os.sched_yield
 
 
 def _frame_view(frame: Buffer) -> memoryview:
@@ -518,7 +516,8 @@ class _BufferPool:
         for buffer in self._buffers:
             # references: the deque, the loop variable, getrefcount's argument
             if len(buffer) == n and getrefcount(buffer) == 3:
-                buffer[:] = source
+                # through a memoryview: bytearray's own slice assignment is 2x slower
+                memoryview(buffer)[:] = source
                 return buffer
         buffer = bytearray(source)
         self._buffers.append(buffer)
@@ -537,7 +536,7 @@ class _Segment:
     def __init__(self, mapping: mmap.mmap) -> None:
         self.map = mapping
         self.view = memoryview(mapping)
-        self.ctl = self.view[:HEADER].cast("Q")
+        self.ctl = self.view[:len(mapping) & ~7].cast("Q")  # header and frame tables
         self.capacity = len(mapping) - HEADER
 
     def close(self) -> None:
@@ -576,7 +575,9 @@ class ShmChannel:
         self._released = False
         self._active = 0  # send/recv calls in progress (close may come from another thread)
         self._lost: str | None = None
-        self._granted = False
+        fence = threading.Lock()  # this channel's memory fence, see _wake
+        self._fence_acquire = fence.acquire
+        self._fence_release = fence.release
         self._typical = spin // 2  # running typical wait for a message, ns
         self._pool = _BufferPool()
 
@@ -594,47 +595,60 @@ class ShmChannel:
             self._check_usable()
         self._active += 1
         try:
-            views: list[Buffer] = []
-            sizes: list[int] = []
-            size = record = 0
-            for frame in frames:
-                if isinstance(frame, (bytes, bytearray)):
-                    n = len(frame)
-                elif (isinstance(frame, memoryview) and frame.format == "B"
-                      and frame.c_contiguous):
-                    n = frame.nbytes
-                else:
-                    frame = _frame_view(frame)
-                    n = frame.nbytes
-                views.append(frame)
-                sizes.append(n)
-                size += n
-                record += (n + ALIGN - 1) & -ALIGN
-            if size > self._limit:
-                raise MessageTooLarge(size, self._limit)
             out = self._out
-            if out.ctl[_R_CLOSED]:
-                raise self._lose("the peer closed the shm channel")
-            count = len(sizes)
-            head = (8 * (1 + count) + ALIGN - 1) & -ALIGN
-            record += head
-            if record > out.capacity:
-                self._grow(record)
-                out = self._out
-            inflight = self._inflight
-            if inflight and inflight[-1][0] < out.ctl[_R_SEQ]:
-                inflight.clear()  # the reader has released everything: start at 0
-            start = self._place(record) if inflight else 0
-            base = HEADER + start
-            _words(count).pack_into(out.map, base, count, *sizes)
-            pos = base + head
-            view = out.view
-            for frame, n in zip(views, sizes, strict=True):
-                if n:
-                    view[pos:pos + n] = frame
-                pos += (n + ALIGN - 1) & -ALIGN
-            self._publish(start, record, KIND_MESSAGE)
-            self._out_sem.release()
+            ctl = out.ctl
+            wseq = self._wseq
+            if ctl[_R_SEQ] >= wseq and not ctl[_R_CLOSED]:
+                # The reader has released the whole ring (request/answer traffic
+                # always): the record goes at offset 0, written in one pass.  A frame
+                # past the ring's end or the size limit falls back to _send_any.
+                count = len(frames)
+                pos = HEADER + ((8 * (1 + count) + ALIGN - 1) & -ALIGN)
+                end = HEADER + out.capacity
+                room = self._limit
+                view = out.view
+                w = HEADER >> 3
+                for frame in frames:
+                    if isinstance(frame, (bytes, bytearray)):
+                        n = len(frame)
+                    elif (isinstance(frame, memoryview) and frame.format == "B"
+                          and frame.c_contiguous):
+                        n = frame.nbytes
+                    else:
+                        frame = _frame_view(frame)
+                        n = frame.nbytes
+                    room -= n
+                    stop = pos + n
+                    if room < 0 or stop > end:
+                        break
+                    w += 1
+                    ctl[w] = n
+                    view[pos:stop] = frame
+                    pos = (stop + ALIGN - 1) & -ALIGN
+                else:
+                    ctl[HEADER >> 3] = count
+                    inflight = self._inflight
+                    if inflight:
+                        inflight.clear()
+                    # publish (as _publish, inlined: this is the hot path)
+                    record = pos - HEADER
+                    slot = _SLOT0 + 4 * (wseq % SLOTS)
+                    ctl[slot] = 0
+                    ctl[slot + 1] = record
+                    ctl[slot + 2] = KIND_MESSAGE
+                    inflight.append((wseq, 0, record))
+                    wseq += 1
+                    self._wseq = wseq
+                    ctl[_W_TIME] = _monotonic_ns()
+                    ctl[_W_SEQ] = wseq  # the store that makes the record visible
+                    if _STRONG_ORDER:  # post only to a reader that sleeps (see _wake)
+                        self._fence_acquire()
+                        self._fence_release()
+                        if not ctl[_R_WAIT]:
+                            return
+                    self._out_sem.release()
+                    return
+            self._send_any(frames)
         except ValueError:  # a view released by a concurrent close()
             if self._closed:
                 raise ConnectionLost("the shm channel was closed") from None
@@ -646,6 +660,50 @@ class ShmChannel:
             if self._closed and not self._active:
                 self._release()
 
+    def _send_any(self, frames: Sequence[Buffer]) -> None:
+        """``send`` when the ring is not empty, the message needs growth or is too large."""
+        views: list[Buffer] = []
+        sizes: list[int] = []
+        size = record = 0
+        for frame in frames:
+            if isinstance(frame, (bytes, bytearray)):
+                n = len(frame)
+            elif (isinstance(frame, memoryview) and frame.format == "B"
+                  and frame.c_contiguous):
+                n = frame.nbytes
+            else:
+                frame = _frame_view(frame)
+                n = frame.nbytes
+            views.append(frame)
+            sizes.append(n)
+            size += n
+            record += (n + ALIGN - 1) & -ALIGN
+        if size > self._limit:
+            raise MessageTooLarge(size, self._limit)
+        if self._out.ctl[_R_CLOSED]:
+            raise self._lose("the peer closed the shm channel")
+        count = len(sizes)
+        head = (8 * (1 + count) + ALIGN - 1) & -ALIGN
+        record += head
+        if record > self._out.capacity:
+            self._grow(record)
+        out = self._out
+        ctl = out.ctl
+        inflight = self._inflight
+        if inflight and ctl[_R_SEQ] >= self._wseq:
+            inflight.clear()  # the reader has released everything: start at 0
+        start = self._place(record) if inflight else 0
+        w = (HEADER + start) >> 3
+        ctl[w] = count
+        pos = HEADER + start + head
+        view = out.view
+        for i in range(count):
+            n = sizes[i]
+            ctl[w + 1 + i] = n
+            view[pos:pos + n] = views[i]
+            pos += (n + ALIGN - 1) & -ALIGN
+        self._publish(start, record, KIND_MESSAGE)
+
     def _publish(self, start: int, record: int, kind: int) -> None:
         ctl = self._out.ctl
         slot = _SLOT0 + 4 * (self._wseq % SLOTS)
@@ -656,6 +714,24 @@ class ShmChannel:
         self._wseq += 1
         ctl[_W_TIME] = time.monotonic_ns()
         ctl[_W_SEQ] = self._wseq  # the store that makes the record visible
+        self._wake(ctl)
+
+    def _wake(self, ctl: memoryview) -> None:
+        """Post the reader's semaphore after a publication, if it may be asleep.
+
+        On x86 only a reader that has raised its ``rwait`` word sleeps; the
+        flag is read after a full fence (the locked instructions of a
+        ``threading.Lock``), as the reader reads ``wseq`` again after a fence
+        once it has raised the flag: one of the two sees the other's store
+        (Dekker), so a sleeping reader is always posted.  Elsewhere every
+        publication is posted (the reader always waits on the semaphore).
+        """
+        if _STRONG_ORDER:
+            self._fence_acquire()
+            self._fence_release()
+            if not ctl[_R_WAIT]:
+                return
+        self._out_sem.release()
 
     def _place(self, record: int) -> int:
         """Offset in the data area where ``record`` bytes fit now (waits for space)."""
@@ -735,20 +811,63 @@ class ShmChannel:
         self._active += 1
         try:
             seg = self._in
+            ctl = seg.ctl
             if self._unreleased:
                 self._unreleased = False
-                seg.ctl[_R_SEQ] = self._rseq
+                ctl[_R_SEQ] = self._rseq
             while True:
-                if not (_STRONG_ORDER and seg.ctl[_W_SEQ] > self._rseq and self._hint()):
-                    if not self._wait(seg, timeout):
-                        raise Timeout(f"no shm message within {timeout} s")
-                ctl = seg.ctl
-                slot = _SLOT0 + 4 * (self._rseq % SLOTS)
-                if ctl[slot + 2] == KIND_MESSAGE:
-                    return self._read(seg, ctl[slot], ctl[slot + 1])
-                if ctl[slot + 2] != KIND_GROW:
-                    raise self._lose(f"malformed shm record kind {ctl[slot + 2]}")
+                rseq = self._rseq
+                if not (_STRONG_ORDER and ctl[_W_SEQ] > rseq) and not self._wait(seg, timeout):
+                    raise Timeout(f"no shm message within {timeout} s")
+                slot = _SLOT0 + 4 * (rseq % SLOTS)
+                kind = ctl[slot + 2]
+                if kind == KIND_MESSAGE:
+                    break
+                if kind != KIND_GROW:
+                    raise self._lose(f"malformed shm record kind {kind}")
                 seg = self._switch(seg, ctl[slot], ctl[slot + 1])
+                ctl = seg.ctl
+            # Read the record (see the module docstring for its layout).
+            start = ctl[slot]
+            length = ctl[slot + 1]
+            if start + length > seg.capacity or length < 8:
+                raise self._lose("malformed shm record: outside the segment")
+            w = (HEADER + start) >> 3
+            count = ctl[w]
+            head = (8 * (1 + count) + ALIGN - 1) & -ALIGN
+            if head > length:
+                raise self._lose("malformed shm record: frame table larger than the record")
+            pos = HEADER + start + head
+            end = HEADER + start + length
+            view = seg.view
+            limit = self._limit
+            zero_copy = self._zero_copy
+            frames: list[Buffer] = []
+            total = 0
+            for i in range(w + 1, w + 1 + count):
+                n = ctl[i]
+                total += n
+                stop = pos + n
+                if total > limit:
+                    total = sum(ctl[w + 1:w + 1 + count])
+                    raise self._lose(f"the peer sent a message of {total} bytes, over "
+                                     f"max_message_size={limit} bytes; connection dropped")
+                if stop > end:
+                    raise self._lose("malformed shm record: frames larger than the record")
+                if zero_copy:
+                    frames.append(view[pos:stop])
+                elif n >= POOL_MIN:
+                    frames.append(self._pool.fill(view[pos:stop]))
+                else:
+                    frames.append(bytearray(view[pos:stop]))
+                pos = (stop + ALIGN - 1) & -ALIGN
+            rseq += 1
+            self._rseq = rseq
+            if zero_copy:
+                self._unreleased = True  # released by the next recv
+            else:
+                ctl[_R_SEQ] = rseq
+            return frames
         except ValueError:  # a view released by a concurrent close()
             if self._closed:
                 raise ConnectionLost("the shm channel was closed") from None
@@ -758,124 +877,89 @@ class ShmChannel:
             if self._closed and not self._active:
                 self._release()
 
-    def _hint(self) -> bool:
-        """Consume the semaphore post of a message seen without waiting; True."""
-        if self._granted:
-            self._granted = False  # one post covered the grow record and its message
-        elif not _SEM_VALUE or self._in_sem.value:
-            with contextlib.suppress(posix_ipc.BusyError, posix_ipc.SignalError):
-                self._in_sem.acquire(0)
-        return True
-
     def _wait(self, seg: _Segment, timeout: float | None) -> bool:
         """True once message ``self._rseq`` is published; False on timeout.
 
         Spins (with ``sched_yield``) for up to ``spin``, unless the peer's
-        recent typical answer time is longer than that; then blocks on the
-        semaphore in
-        slices of :data:`SLICE` seconds, checking for a dead peer in between.
+        recent typical answer time is longer than that; then raises the
+        ``rwait`` flag and blocks on the semaphore in slices of :data:`SLICE`
+        seconds, checking for a dead peer in between.
         """
         ctl = seg.ctl
         want = self._rseq
-        if self._granted and ctl[_W_SEQ] > want:
-            self._granted = False
-            return True
-        began = time.monotonic_ns()
-        budget = self._spin if self._typical <= self._spin else 0
-        if budget:
-            clock = time.monotonic_ns
-            end = began + budget
+        clock = _monotonic_ns
+        began = clock()
+        spin = self._spin
+        if spin and self._typical <= spin:
+            end = began + spin
             polite = began + PURE_SPIN_NS
             while True:
                 if ctl[_W_SEQ] > want:
-                    self._learn(ctl[_W_TIME] - began)
-                    return self._hint()
+                    # _learn, inlined
+                    waited = ctl[_W_TIME] - began
+                    waited = 0 if waited < 0 else waited if waited < _LEARN_CAP else _LEARN_CAP
+                    self._typical += (waited - self._typical) // 8
+                    return True
                 now = clock()
                 if now >= end:
                     break
                 if now >= polite:
-                    os.sched_yield()  # let the peer (or anyone) have this core
+                    _sched_yield()  # let the peer (or anyone) have this core
         deadline = None if timeout is None else time.monotonic() + timeout
         sem = self._in_sem
-        while True:
-            if self._closed:  # close() from another thread posted our semaphore
-                raise ConnectionLost("the shm channel was closed")
-            if _STRONG_ORDER and ctl[_W_SEQ] > want:
-                self._learn(ctl[_W_TIME] - began)
-                return True
-            if ctl[_W_CLOSED]:
-                if ctl[_W_SEQ] > want:
-                    return True
-                raise self._lose("the peer closed the shm channel")
-            if deadline is None:
-                wait = SLICE
-            else:
-                wait = min(deadline - time.monotonic(), SLICE)
-                if wait <= 0:
+        try:
+            while True:
+                if self._closed:  # close() from another thread posted our semaphore
+                    raise ConnectionLost("the shm channel was closed")
+                if _STRONG_ORDER:
+                    if ctl[_W_SEQ] > want:
+                        self._learn(ctl[_W_TIME] - began)
+                        return True
+                    # Raise the flag, fence, look again, and only then sleep: the
+                    # writer fences between publishing and reading the flag (_wake).
+                    if not ctl[_R_WAIT]:
+                        ctl[_R_WAIT] = 1
+                        self._fence_acquire()
+                        self._fence_release()
+                        continue
+                if ctl[_W_CLOSED]:
+                    if ctl[_W_SEQ] > want:
+                        return True
+                    raise self._lose("the peer closed the shm channel")
+                if deadline is None:
+                    wait = SLICE
+                else:
+                    wait = min(deadline - time.monotonic(), SLICE)
+                    if wait <= 0:
+                        self._check_peer_alive()
+                        self._learn(time.monotonic_ns() - began)
+                        return False
+                try:
+                    if _SEM_TIMEOUT:
+                        sem.acquire(wait)
+                    else:  # acquire(timeout) would wait forever: poll
+                        sem.acquire(0)
+                except posix_ipc.BusyError:
+                    if not _SEM_TIMEOUT:
+                        time.sleep(min(wait, 0.0002))
                     self._check_peer_alive()
-                    self._learn(time.monotonic_ns() - began)
-                    return False
-            try:
-                if _SEM_TIMEOUT:
-                    sem.acquire(wait)
-                else:  # acquire(timeout) would wait forever: poll
-                    sem.acquire(0)
-            except posix_ipc.BusyError:
-                if not _SEM_TIMEOUT:
-                    time.sleep(min(wait, 0.0002))
-                self._check_peer_alive()
-                continue
-            except posix_ipc.SignalError:
-                continue  # the Python-level handler runs at the next bytecode
-            except (posix_ipc.Error, OSError) as exc:
-                raise self._lose(f"waiting on the semaphore failed: {exc}") from exc
-            if not _STRONG_ORDER and ctl[_W_SEQ] > want:
-                self._learn(ctl[_W_TIME] - began)
-                return True
+                    continue
+                except posix_ipc.SignalError:
+                    continue  # the Python-level handler runs at the next bytecode
+                except (posix_ipc.Error, OSError) as exc:
+                    raise self._lose(f"waiting on the semaphore failed: {exc}") from exc
+                if not _STRONG_ORDER and ctl[_W_SEQ] > want:
+                    self._learn(ctl[_W_TIME] - began)
+                    return True
+        finally:
+            if _STRONG_ORDER:
+                ctl[_R_WAIT] = 0
 
     def _learn(self, waited_ns: int) -> None:
         """Fold how long the peer took (ns, from its publication time, so the
         cost of our own wake-up is not counted) into the running typical wait
         (EWMA, weight 1/8, each sample capped at 10 ms)."""
-        self._typical += (min(max(waited_ns, 0), 10_000_000) - self._typical) // 8
-
-    def _read(self, seg: _Segment, start: int, length: int) -> list[Buffer]:
-        if start + length > seg.capacity or length < 8:
-            raise self._lose("malformed shm record: outside the segment")
-        base = HEADER + start
-        count = _U64.unpack_from(seg.map, base)[0]
-        head = (8 * (1 + count) + ALIGN - 1) & -ALIGN
-        if head > length:
-            raise self._lose("malformed shm record: frame table larger than the record")
-        sizes = _words(count).unpack_from(seg.map, base)[1:]
-        total = aligned = 0
-        for n in sizes:
-            total += n
-            aligned += (n + ALIGN - 1) & -ALIGN
-        if total > self._limit:
-            raise self._lose(f"the peer sent a message of {total} bytes, over "
-                             f"max_message_size={self._limit} bytes; connection dropped")
-        if head + aligned > length:
-            raise self._lose("malformed shm record: frames larger than the record")
-        view = seg.view
-        pos = base + head
-        frames: list[Buffer] = []
-        self._rseq += 1
-        if self._zero_copy:
-            for n in sizes:
-                frames.append(view[pos:pos + n])
-                pos += (n + ALIGN - 1) & -ALIGN
-            self._unreleased = True
-        else:
-            pool = self._pool
-            for n in sizes:
-                if n >= POOL_MIN:
-                    frames.append(pool.fill(view[pos:pos + n]))
-                else:
-                    frames.append(bytearray(view[pos:pos + n]))
-                pos += (n + ALIGN - 1) & -ALIGN
-            seg.ctl[_R_SEQ] = self._rseq
-        return frames
+        self._typical += (min(max(waited_ns, 0), _LEARN_CAP) - self._typical) // 8
 
     def _switch(self, seg: _Segment, start: int, length: int) -> _Segment:
         if start + length > seg.capacity or length < 16:
@@ -899,7 +983,6 @@ class ShmChannel:
         seg.close()
         self._in = new
         self._rseq = 0
-        self._granted = True  # the writer posted once for the grow and its message
         return new
 
     # -- state ------------------------------------------------------------

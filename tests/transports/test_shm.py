@@ -65,6 +65,20 @@ class TestShmWithoutTimedWait(TransportCompliance):
         monkeypatch.setattr(shm, "_SEM_TIMEOUT", False)
 
 
+class TestShmWeakOrder(TransportCompliance):
+    """The path of CPUs without total store order (not x86): no spinning, every
+    publication posted, every message fetched after a semaphore wait."""
+
+    url = "shm://0?segment_size=4096"  # also the grow path, posted twice per grow
+    unreachable_url = None
+
+    @pytest.fixture(autouse=True)
+    def weak_order(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from relay.transports import shm
+
+        monkeypatch.setattr(shm, "_STRONG_ORDER", False)
+
+
 # ---------------------------------------------------------------------------
 # Helpers
 
@@ -180,6 +194,51 @@ def test_no_names_remain_once_connected() -> None:
         assert entries_of(os.getpid()) == set()
     finally:
         client.close(), server.close(), listener.close()
+
+
+ECHO = """
+import random
+import sys
+import time
+from relay.core.config import Settings
+from relay.core.url import make_url
+from relay.transports import shm
+shm.SLICE = 60.0  # a lost wake-up would hang, not cost 50 ms
+channel = shm.ShmTransport().connect(make_url(sys.argv[1]), Settings(), timeout=10.0)
+rng = random.Random(0)
+while True:
+    frames = channel.recv(None)
+    until = time.perf_counter() + rng.random() * 2e-5  # answer at varied moments
+    while time.perf_counter() < until:
+        pass
+    channel.send(frames)
+"""
+
+
+@pytest.mark.parametrize("spin", [0, 3])
+def test_no_wake_up_is_lost_between_processes(spin: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader's ``rwait`` flag against the writer's post-only-if-waiting.
+
+    Slices of 60 s: a sleeping reader that missed its post would time out.  With a
+    3 µs spin the reader keeps going to sleep just as the answer arrives: the race.
+    """
+    from relay.transports import shm
+
+    monkeypatch.setattr(shm, "SLICE", 60.0)
+    listener = get_transport("shm").listen(make_url(f"shm://0?spin={spin}"), Settings())
+    proc = subprocess.Popen([sys.executable, "-c", ECHO,
+                             listener.address.render() + f"?spin={spin}"])
+    try:
+        channel = listener.accept(10.0)
+        for i in range(2000):
+            channel.send([i.to_bytes(4, "little"), b"x" * (i % 7)])
+            head, body = channel.recv(10.0)
+            assert int.from_bytes(head, "little") == i and len(body) == i % 7
+        channel.close()
+    finally:
+        proc.kill()
+        proc.wait()
+        listener.close()
 
 
 def test_close_from_another_thread_ends_a_blocked_recv() -> None:
@@ -458,7 +517,9 @@ def test_consecutive_observations_share_memory_only_with_zero_copy(zero_copy: bo
             while isinstance(base, np.ndarray) and base.base is not None:
                 base = base.base
             if zero_copy:  # a view into the shared segment, valid until the next call
-                assert isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
+                if isinstance(base, memoryview):  # numpy may keep the view or its mmap
+                    base = base.obj
+                assert isinstance(base, mmap.mmap)
             else:
                 assert not np.shares_memory(first, second)
                 assert first.flags.writeable and np.array_equal(first, kept)
