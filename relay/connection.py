@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from relay.codecs.base import Codec
 from relay.codecs.json import JsonCodec
@@ -34,7 +35,14 @@ from relay.core.session import ClientSession, ServerSession, State
 from relay.core.url import URL
 from relay.transports.base import Channel
 
-__all__ = ["HANDSHAKE_CODEC", "ClientConnection", "relay_codecs", "remote_error", "serve_channel"]
+__all__ = [
+    "HANDSHAKE_CODEC",
+    "ClientConnection",
+    "Pending",
+    "relay_codecs",
+    "remote_error",
+    "serve_channel",
+]
 
 HANDSHAKE_CODEC = JsonCodec()
 IDLE_POLL = 0.25
@@ -61,6 +69,7 @@ class ClientConnection:
         self.codec = codec
         self.session = session
         self.settings = settings
+        self._early: dict[int, Response] = {}  # answers that came before their receive()
 
     @classmethod
     def open(cls, url: URL, settings: Settings, *, role: str = "agent") -> ClientConnection:
@@ -117,7 +126,7 @@ class ClientConnection:
         return cls(channel, codec, session, settings)
 
     def call(self, request: Request, timeout: float | None = None) -> Response:
-        """Send ``request`` and return its answer.
+        """Send ``request`` and return its answer: :meth:`receive` of :meth:`submit`.
 
         Args:
             timeout: seconds to wait for the answer; ``settings.timeout`` if None.
@@ -128,33 +137,65 @@ class ClientConnection:
             ConnectionLost: the peer is gone.
             RemoteError: the server answered with an error (a subclass by code).
         """
+        return self.receive(self.submit(request, timeout))
+
+    def submit(self, request: Request, timeout: float | None = None) -> Pending:
+        """Send ``request`` without waiting; :meth:`receive` takes its answer.
+
+        Several requests may be in flight on one connection (a vector env
+        overlaps the round trips of its sub-environments this way); the
+        server answers them in order.
+
+        Raises:
+            ConnectionLost, MessageTooLarge, CodecError (nothing was sent).
+        """
         timeout = self.settings.timeout if timeout is None else timeout
         now = time.monotonic()
         envelope = self.session.request(request, now=now, timeout=timeout)
-        deadline = now + timeout
+        pending = Pending(envelope.id, type(request).__name__, timeout, now + timeout)
         try:
             self.channel.send(self.codec.encode(envelope))
-            while True:
-                remaining = deadline - time.monotonic()
+        except (ConnectionLost, ProtocolError):
+            self.session.lost()
+            raise
+        except RelayError:
+            self.session.cancel(envelope.id)
+            raise
+        return pending
+
+    def receive(self, pending: Pending) -> Response:
+        """Wait for the answer to ``pending`` (until its deadline) and return it.
+
+        Raises:
+            Timeout: no answer by the deadline (a late answer is dropped).
+            ConnectionLost, RemoteError: as :meth:`call`.
+        """
+        answer = self._early.pop(pending.id, None)
+        try:
+            while answer is None:
+                remaining = pending.deadline - time.monotonic()
                 if remaining <= 0:
                     raise Timeout("")
                 frames = self.channel.recv(remaining)
                 decoded = self.codec.decode(frames, zero_copy=self.settings.zero_copy)
-                answer = self.session.receive(decoded, now=time.monotonic())
-                if answer is not None:
-                    break
+                received = self.session.receive(decoded, now=time.monotonic())
+                if received is None:
+                    continue
+                if received[0] == pending.id:
+                    answer = received[1]
+                else:  # the answer of another request in flight: keep it for its receive
+                    self._early[received[0]] = received[1]
         except Timeout:
-            self.session.cancel(envelope.id)
+            self.session.cancel(pending.id)
             raise Timeout(
-                f"{type(request).__name__} got no answer within {timeout} s"
+                f"{pending.request} got no answer within {pending.timeout} s"
             ) from None
         except (ConnectionLost, CodecError, ProtocolError):
             self.session.lost()
             raise
-        message = answer[1]
-        if isinstance(message, Error):
-            raise remote_error(message)
-        return message
+        if isinstance(answer, Error):
+            raise remote_error(answer)
+        return answer
 
     @property
     def closed(self) -> bool:
@@ -164,6 +205,18 @@ class ClientConnection:
         """Close the channel; idempotent."""
         self.session.lost()
         self.channel.close()
+
+
+class Pending(NamedTuple):
+    """A request sent by :meth:`ClientConnection.submit`, awaiting its ``receive``."""
+
+    id: int
+    request: str
+    """The request's type name (for error messages)."""
+    timeout: float
+    """Seconds it was given."""
+    deadline: float
+    """``time.monotonic()`` value after which its answer is dropped."""
 
 
 Handler = Callable[[Request], Response]

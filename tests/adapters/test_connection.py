@@ -1,0 +1,79 @@
+"""ClientConnection's submit/receive: several requests in flight on one connection,
+over a real transport (zmq+tcp) and the in-process one."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import relay
+from relay.connection import ClientConnection
+from relay.core.config import resolve_settings
+from relay.core.errors import CodecError, InvalidAction, Timeout
+from relay.core.messages import Made, Make, Observation, Reset, Step, Transition
+from relay.core.url import make_url
+
+
+@pytest.fixture(params=["memory://0", "zmq+tcp://127.0.0.1:0"])
+def connection(request):
+    server = relay.serve("CartPole-v1", request.param)
+    url = make_url(server.address)
+    conn = ClientConnection.open(url, resolve_settings(url))
+    yield conn
+    conn.close()
+    server.close()
+
+
+def make_and_reset(conn, seed=0):
+    made = conn.call(Make())
+    assert isinstance(made, Made)
+    obs = conn.call(Reset(instance=made.instance, seed=seed))
+    assert isinstance(obs, Observation)
+    return made.instance, obs.obs
+
+
+def test_answers_received_in_any_order_go_to_their_own_request(connection):
+    a, obs_a = make_and_reset(connection, seed=1)
+    b, obs_b = make_and_reset(connection, seed=2)
+    assert not np.array_equal(obs_a, obs_b)
+    reset_a = connection.submit(Reset(instance=a, seed=1))
+    reset_b = connection.submit(Reset(instance=b, seed=2))
+    # b's answer arrives second but is asked for first: a's is kept for later
+    assert np.array_equal(connection.receive(reset_b).obs, obs_b)
+    assert np.array_equal(connection.receive(reset_a).obs, obs_a)
+
+
+def test_steps_in_flight_match_a_local_env(connection):
+    instance, obs = make_and_reset(connection, seed=3)
+    local = gym.make("CartPole-v1")
+    assert np.array_equal(local.reset(seed=3)[0], obs)
+    actions = [0, 1, 1, 0, 1]
+    sent = [connection.submit(Step(instance=instance, action=a)) for a in actions]
+    for pending, action in zip(sent, actions, strict=True):
+        answer = connection.receive(pending)
+        assert isinstance(answer, Transition)
+        assert np.array_equal(answer.obs, local.step(action)[0])
+
+
+def test_an_error_answer_raises_at_its_own_receive(connection):
+    instance, _ = make_and_reset(connection)
+    bad = connection.submit(Step(instance=instance, action=7))
+    good = connection.submit(Step(instance=instance, action=1))
+    assert isinstance(connection.receive(good), Transition)
+    with pytest.raises(InvalidAction):
+        connection.receive(bad)
+
+
+def test_an_action_that_cannot_be_encoded_leaves_the_connection_usable(connection):
+    instance, _ = make_and_reset(connection)
+    with pytest.raises(CodecError):
+        connection.submit(Step(instance=instance, action=object()))
+    assert isinstance(connection.call(Step(instance=instance, action=0)), Transition)
+
+
+def test_receive_times_out_at_the_request_deadline(connection):
+    instance, _ = make_and_reset(connection)
+    pending = connection.submit(Step(instance=instance, action=1), timeout=0.0)
+    with pytest.raises(Timeout, match="Step got no answer within 0.0 s"):
+        connection.receive(pending)
+    # its late answer is dropped, never taken for the next request's
+    assert isinstance(connection.call(Reset(instance=instance)), Observation)
