@@ -162,9 +162,26 @@ class EnvHost:
 
 
 def _contains(space: gym.Space[Any], action: Any) -> bool:
-    """``action in space``, with a fast path for Discrete (its ``contains`` costs ~3 µs)."""
-    if type(space) is gym.spaces.Discrete and type(action) in (int, np.int64, np.int32):
+    """Whether ``action`` can be given to an env with this action space.
+
+    ``action in space``, except for ``Box``: there only the shape and a dtype
+    that casts to the space's (``same_kind``: float64 to float32, ints to
+    floats) are checked, not the bounds or the exact dtype.  Locally an env
+    gets such actions as they are (MountainCarContinuous clips
+    ``np.array([2.0])`` itself; a float64 array is what most agents produce),
+    so refusing them would make a remote env stricter than the local one.
+    Discrete has a fast path (its ``contains`` costs ~3 µs).
+    """
+    kind = type(space)
+    if kind is gym.spaces.Discrete and type(action) in (int, np.int64, np.int32):
         return bool(space.start <= action < space.start + space.n)
+    if kind is gym.spaces.Box:
+        try:
+            array = action if type(action) is np.ndarray else np.asarray(action)
+        except ValueError:  # a ragged nest of lists
+            return False
+        return array.shape == space.shape and bool(
+            np.can_cast(array.dtype, space.dtype, casting="same_kind"))
     return action in space
 
 

@@ -77,3 +77,23 @@ def test_receive_times_out_at_the_request_deadline(connection):
         connection.receive(pending)
     # its late answer is dropped, never taken for the next request's
     assert isinstance(connection.call(Reset(instance=instance)), Observation)
+
+
+def test_box_actions_are_taken_as_a_local_env_takes_them():
+    server = relay.serve("MountainCarContinuous-v0", "memory://0")
+    remote = relay.make(server.address)
+    local = gym.make("MountainCarContinuous-v0")
+    try:
+        remote.reset(seed=5)
+        local.reset(seed=5)
+        # float64, out of bounds (the env clips), a plain list: all fine locally
+        for action in (np.array([0.5]), np.array([3.0], np.float32), [-0.25], np.array([1], int)):
+            got, want = remote.step(action), local.step(action)
+            assert np.array_equal(got[0], want[0]) and got[1] == want[1]
+        for action in (np.array([[0.5]]), np.array(["a"]), [[1.0], [1.0, 2.0]], 0.5):
+            with pytest.raises(InvalidAction, match="is not in Box"):
+                remote.step(action)
+    finally:
+        remote.close()
+        local.close()
+        server.close()
