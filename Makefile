@@ -38,7 +38,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/relay bench
 
 lint: $(VENV)/.installed-test
-	$(BIN)/python -m pip install -q ruff mypy
+	$(BIN)/python -m pip install -q -e '.[lint]'
 	$(BIN)/ruff check relay tests plugins benchmarks
 	$(BIN)/mypy relay
 

@@ -14,7 +14,7 @@ import logging
 import threading
 import traceback
 from collections.abc import Callable
-from typing import Any, Self, assert_never
+from typing import Any, Self, assert_never, cast
 
 import gymnasium as gym
 import numpy as np
@@ -172,16 +172,17 @@ def _contains(space: gym.Space[Any], action: Any) -> bool:
     so refusing them would make a remote env stricter than the local one.
     Discrete has a fast path (its ``contains`` costs ~3 µs).
     """
-    kind = type(space)
+    kind = type(space)  # exact types: a subclass keeps its own contains()
     if kind is gym.spaces.Discrete and type(action) in (int, np.int64, np.int32):
-        return bool(space.start <= action < space.start + space.n)
+        discrete = cast(gym.spaces.Discrete, space)
+        return bool(discrete.start <= action < discrete.start + discrete.n)
     if kind is gym.spaces.Box:
         try:
             array = action if type(action) is np.ndarray else np.asarray(action)
         except ValueError:  # a ragged nest of lists
             return False
         return array.shape == space.shape and bool(
-            np.can_cast(array.dtype, space.dtype, casting="same_kind"))
+            np.can_cast(array.dtype, cast(np.dtype, space.dtype), casting="same_kind"))
     return action in space
 
 
