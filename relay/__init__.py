@@ -3,6 +3,7 @@ machines and languages, through the standard Gymnasium and dm_env APIs.
 
     server = relay.serve("CartPole-v1", "zmq+tcp://127.0.0.1:5555")
     env = relay.make("zmq+tcp://127.0.0.1:5555")      # a gymnasium.Env
+    envs = relay.make_vec("zmq+tcp://127.0.0.1:5555", num_envs=4)  # a VectorEnv
 
 Importing relay loads no plugin and opens nothing; it registers the
 Gymnasium id ``relay/Remote-v0``.
@@ -11,6 +12,7 @@ Gymnasium id ``relay/Remote-v0``.
 from relay.adapters.dm_env import make_dm_env
 from relay.adapters.gymnasium import RemoteEnv, make, register_envs
 from relay.adapters.inverted import ListeningEnv, connect_env, listen_env
+from relay.adapters.vector import RemoteVectorEnv, make_vec
 from relay.core.config import Settings
 from relay.core.errors import (
     CodecError,
@@ -55,6 +57,7 @@ __all__ = [
     "RemoteEnv",
     "RemoteEnvError",
     "RemoteError",
+    "RemoteVectorEnv",
     "Server",
     "Settings",
     "Timeout",
@@ -68,6 +71,7 @@ __all__ = [
     "make",
     "make_dm_env",
     "make_url",
+    "make_vec",
     "serve",
 ]
 

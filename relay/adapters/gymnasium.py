@@ -210,7 +210,13 @@ def make(url: str | URL, env_id: str | None = None, **kwargs: Any) -> RemoteEnv:
 
 
 def register_envs() -> None:
-    """Register ``relay/Remote-v0`` with Gymnasium (idempotent)."""
+    """Register ``relay/Remote-v0`` with Gymnasium (idempotent).
+
+    ``gymnasium.make`` gives a :class:`RemoteEnv`; ``gymnasium.make_vec``
+    (vectorization mode None or ``"vector_entry_point"``) gives a
+    :class:`relay.adapters.vector.RemoteVectorEnv` (imported only then).
+    """
     if ENV_ID not in gym.registry:
         gym.register(id=ENV_ID, entry_point="relay.adapters.gymnasium:RemoteEnv",
+                     vector_entry_point="relay.adapters.vector:RemoteVectorEnv",
                      disable_env_checker=False)

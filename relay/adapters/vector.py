@@ -1,0 +1,496 @@
+"""A ``gymnasium.vector.VectorEnv`` whose sub-environments live behind relay URLs.
+
+``relay.make_vec(url, env_id, num_envs=N)`` (or ``gymnasium.make_vec(
+"relay/Remote-v0", num_envs=N, url=..., env_id=...)``) opens one relay
+connection per sub-environment, spread round-robin over the URLs given, and
+creates one environment instance on the server per connection.  It behaves
+like Gymnasium's :class:`~gymnasium.vector.SyncVectorEnv` over those envs
+(same batching, infos and autoreset modes), except that a vector
+``step``/``reset``/``render`` overlaps the round trips: every request is sent
+(:meth:`~relay.connection.ClientConnection.submit`) before the first answer is
+awaited (:meth:`~relay.connection.ClientConnection.receive`).  Envs on one
+server run in that server's threads (one per connection); several URLs spread
+them over several server processes or machines.
+
+Peer-protocol connections (codec ``dm_env_rpc`` or ``gymie``) offer only
+``call``: their sub-environments are driven one after the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from copy import deepcopy
+from typing import Any, cast
+
+import gymnasium as gym
+import numpy as np
+import numpy.typing as npt
+from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
+from gymnasium.vector.vector_env import AutoresetMode, VectorEnv
+
+from relay.adapters.gymnasium import ENV_ID, RemoteEnv
+from relay.core.errors import ConfigError, NotReset, RelayError
+from relay.core.messages import (
+    Close,
+    Frame,
+    Observation,
+    Render,
+    Request,
+    Reset,
+    Response,
+    Step,
+    Transition,
+)
+from relay.core.url import URL
+
+__all__ = ["RemoteVectorEnv", "make_vec"]
+
+MAX_CONNECT_THREADS = 16
+"""At most this many sub-environments are connected and made at the same time."""
+
+
+class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
+    """``num_envs`` remote environments as one ``gymnasium.vector.VectorEnv``.
+
+    Sub-environment ``i`` is a :class:`~relay.adapters.gymnasium.RemoteEnv`
+    (in :attr:`envs`) on ``url[i % len(url)]``, with its own connection and
+    its own env instance on that server.
+
+    Batches (``N = num_envs``), as :class:`~gymnasium.vector.SyncVectorEnv`:
+
+    * observations: ``batch_space(single_observation_space, N)``, e.g. a Box
+      of shape ``(N, *obs_shape)`` with the sub-env's dtype (float32 for
+      CartPole: ``(N, 4)``); Dict/Tuple spaces batch per leaf;
+    * actions: ``batch_space(single_action_space, N)``: ``MultiDiscrete``
+      (shape ``(N,)``, int64) for a ``Discrete`` env, a Box ``(N, *shape)``
+      for a Box env;
+    * rewards: float64 ``(N,)``; terminations, truncations: bool ``(N,)``;
+    * infos: one dict, each key an array over the sub-envs plus a bool mask
+      ``_key`` (``VectorEnv._add_info``).
+
+    Args:
+        url: one URL (every sub-env on that server) or a sequence of URLs
+            (sub-envs assigned round-robin), e.g. ``"zmq+tcp://127.0.0.1:5555"``.
+        env_id: the env to create on each server (None: the one it serves).
+        num_envs: number of sub-environments (>= 1).
+        autoreset_mode: ``AutoresetMode`` or its value: ``NEXT_STEP`` (default:
+            the step after an episode ends resets that sub-env and returns its
+            first observation with reward 0), ``SAME_STEP`` (the step that ends
+            it resets at once; the last observation and info are in
+            ``infos["final_obs"]``/``infos["final_info"]``) or ``DISABLED``
+            (reset ended sub-envs with ``reset(options={"reset_mask": ...})``).
+        copy: return a copy of the observation batch (else the same buffer,
+            overwritten by the next step).
+        render_mode: each sub-env's render mode (``"rgb_array"``, ``"ansi"``,
+            ...; not ``"human"``).
+        codec, timeout, connect_timeout, max_message_size, token, zero_copy:
+            settings of every connection, see :class:`relay.core.config.Settings`.
+        **env_kwargs: keyword arguments of each remote ``gymnasium.make``.
+
+    Raises:
+        ConfigError: no URL, ``num_envs < 1``, ``render_mode="human"``, or an
+            unknown autoreset mode.
+        RelayError: the sub-environments' spaces differ.
+        ConnectError, Timeout, RemoteError, UnknownScheme, InvalidURL: as
+            :class:`~relay.adapters.gymnasium.RemoteEnv`, for the first failing
+            sub-environment (its index and URL in the message, ``env_index``
+            attribute).  Sub-environments already made are closed.
+    """
+
+    def __init__(
+        self,
+        url: str | URL | Sequence[str | URL],
+        env_id: str | None = None,
+        *,
+        num_envs: int = 1,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        copy: bool = True,
+        render_mode: str | None = None,
+        **settings_and_env_kwargs: Any,
+    ) -> None:
+        urls = [url] if isinstance(url, (str, URL)) else list(url)
+        if not urls:
+            raise ConfigError("make_vec needs at least one URL")
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ConfigError(f"num_envs must be an int >= 1, not {num_envs!r}")
+        if render_mode == "human":
+            raise ConfigError("a RemoteVectorEnv cannot render in 'human' mode; "
+                              "use 'rgb_array' and show the frames of render()")
+        try:
+            self.autoreset_mode = AutoresetMode(autoreset_mode)
+        except ValueError:
+            raise ConfigError(
+                f"unknown autoreset_mode {autoreset_mode!r} (known: "
+                f"{', '.join(m.value for m in AutoresetMode)})") from None
+        self.num_envs = num_envs
+        self.copy = copy
+        self.urls = [urls[i % len(urls)] for i in range(num_envs)]
+        """The URL of each sub-environment."""
+        self.spec = gym.envs.registration.EnvSpec(
+            id=ENV_ID, entry_point="relay.adapters.gymnasium:RemoteEnv",
+            vector_entry_point=f"{__name__}:RemoteVectorEnv",
+            kwargs={"url": [str(u) for u in urls] if len(urls) > 1 else str(urls[0]),
+                    "env_id": env_id, "num_envs": num_envs, **settings_and_env_kwargs},
+        )
+        self.envs: list[RemoteEnv] = _make_all(self.urls, env_id, render_mode,
+                                               settings_and_env_kwargs)
+        """The sub-environments (each usable on its own, e.g. ``envs[0].render()``)."""
+        try:
+            first = self.envs[0]
+            for i, env in enumerate(self.envs[1:], start=1):
+                for name in ("observation_space", "action_space"):
+                    if getattr(env, name) != getattr(first, name):
+                        raise RelayError(
+                            f"sub-environment {i} ({env.url.render()}) has the {name} "
+                            f"{getattr(env, name)}, sub-environment 0 "
+                            f"({first.url.render()}) has {getattr(first, name)}: the "
+                            "sub-environments of a vector env must have equal spaces")
+        except BaseException:
+            _close_all(self.envs)
+            raise
+        self.metadata = dict(first.metadata)
+        self.metadata["autoreset_mode"] = self.autoreset_mode
+        self.render_mode = first.render_mode
+        self.single_observation_space = first.observation_space
+        self.single_action_space = first.action_space
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+
+        self._env_obs: list[Any] = [None] * num_envs
+        self._observations: Any = create_empty_array(self.single_observation_space, n=num_envs,
+                                                fn=np.zeros)
+        self._rewards = np.zeros((num_envs,), dtype=np.float64)
+        self._terminations = np.zeros((num_envs,), dtype=np.bool_)
+        self._truncations = np.zeros((num_envs,), dtype=np.bool_)
+        self._autoreset_envs = np.zeros((num_envs,), dtype=np.bool_)
+
+    # -- the vector API -------------------------------------------------------------------
+
+    def reset(
+        self,
+        *,
+        seed: int | Sequence[int | None] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> tuple[Any, dict[str, Any]]:
+        """Reset every sub-environment (or those of ``options["reset_mask"]``).
+
+        Args:
+            seed: None (unseeded), an int ``s`` (sub-env ``i`` gets ``s + i``) or
+                one seed (int or None) per sub-env.
+            options: passed to every sub-env's ``reset``, except the key
+                ``"reset_mask"``: a bool array of shape ``(num_envs,)``; only
+                the sub-envs where it is True are reset (the others keep their
+                observation in the batch).
+
+        Returns:
+            ``(observations, infos)``: the batch (see the class) and merged infos.
+
+        Raises:
+            ValueError, TypeError: a seed list of the wrong length, a bad reset_mask.
+            RemoteError, Timeout, ConnectionLost: from the first failing
+                sub-env, after every sub-env answered (``env_index`` attribute).
+        """
+        if seed is None:
+            seeds: list[int | None] = [None] * self.num_envs
+        elif isinstance(seed, (int, np.integer)):
+            seeds = [int(seed) + i for i in range(self.num_envs)]
+            super().reset(seed=int(seed))
+        else:
+            seeds = list(seed)
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"If seeds are passed as a list the length must match "
+                             f"num_envs={self.num_envs} but got length={len(seeds)}.")
+        mask = np.ones((self.num_envs,), dtype=np.bool_)
+        if options is not None and "reset_mask" in options:
+            options = dict(options)
+            mask = _check_reset_mask(options.pop("reset_mask"), self.num_envs)
+        self._terminations[mask] = False
+        self._truncations[mask] = False
+        self._autoreset_envs[mask] = False
+
+        chosen = [i for i in range(self.num_envs) if mask[i]]
+        answers = self._exchange(
+            [(i, Reset(instance=self.envs[i].instance, seed=seeds[i], options=options))
+             for i in chosen])
+        infos: dict[str, Any] = {}
+        for i, answer in zip(chosen, answers, strict=True):
+            assert isinstance(answer, Observation)
+            self._env_obs[i] = answer.obs
+            infos = self._add_info(infos, answer.info, i)
+        self._observations = concatenate(self.single_observation_space, self._env_obs,
+                                         self._observations)
+        return (deepcopy(self._observations) if self.copy else self._observations), infos
+
+    def step(
+        self, actions: Any
+    ) -> tuple[Any, npt.NDArray[np.float64], npt.NDArray[np.bool_], npt.NDArray[np.bool_],
+               dict[str, Any]]:
+        """Step every sub-environment with its action (autoresetting per the mode).
+
+        Args:
+            actions: a batch in :attr:`action_space` (e.g. int array ``(N,)``
+                for Discrete sub-envs, float32 ``(N, *shape)`` for Box ones).
+
+        Returns:
+            ``(observations, rewards, terminations, truncations, infos)``,
+            shapes and dtypes as in the class docstring.
+
+        Raises:
+            ValueError: not ``num_envs`` actions.
+            NotReset: ``DISABLED`` mode and a sub-env whose episode ended was
+                not reset (nothing is sent).
+            InvalidAction, RemoteEnvError, Timeout, ConnectionLost: from the
+                first failing sub-env (message and ``env_index`` name it), raised
+                once every other sub-env has answered; those have stepped, so
+                call ``reset`` before going on.
+        """
+        per_env = list(iterate(self.action_space, actions))
+        if len(per_env) != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} actions, got {len(per_env)}")
+        mode = self.autoreset_mode
+        requests: list[tuple[int, Request]] = []
+        for i, action in enumerate(per_env):
+            instance = self.envs[i].instance
+            if self._autoreset_envs[i]:
+                if mode is AutoresetMode.NEXT_STEP:
+                    requests.append((i, Reset(instance=instance)))
+                    continue
+                if mode is AutoresetMode.DISABLED:
+                    raise NotReset(f"sub-environment {i}'s episode ended: reset it with "
+                                   "reset(options={'reset_mask': ...}) before stepping "
+                                   "(autoreset_mode DISABLED)")
+            requests.append((i, Step(instance=instance, action=action)))
+        answers = self._exchange(requests)
+
+        env_infos: list[dict[str, Any]] = []
+        for i, answer in enumerate(answers):
+            if isinstance(answer, Observation):  # NEXT_STEP autoreset
+                self._env_obs[i] = answer.obs
+                self._rewards[i] = 0.0
+                self._terminations[i] = False
+                self._truncations[i] = False
+            else:
+                assert isinstance(answer, Transition)
+                self._env_obs[i] = answer.obs
+                self._rewards[i] = answer.reward
+                self._terminations[i] = answer.terminated
+                self._truncations[i] = answer.truncated
+            env_infos.append(answer.info)
+
+        finals: dict[int, tuple[Any, dict[str, Any]]] = {}
+        if mode is AutoresetMode.SAME_STEP:
+            ended = np.flatnonzero(self._terminations | self._truncations).tolist()
+            if ended:
+                resets = self._exchange(
+                    [(i, Reset(instance=self.envs[i].instance)) for i in ended])
+                for i, answer in zip(ended, resets, strict=True):
+                    assert isinstance(answer, Observation)
+                    finals[i] = (self._env_obs[i], env_infos[i])
+                    self._env_obs[i], env_infos[i] = answer.obs, answer.info
+
+        infos: dict[str, Any] = {}
+        for i, info in enumerate(env_infos):
+            if i in finals:  # the order of SyncVectorEnv's keys: final_* first
+                final_obs, final_info = finals[i]
+                infos = self._add_info(infos, {"final_obs": final_obs,
+                                               "final_info": final_info}, i)
+            infos = self._add_info(infos, info, i)
+        self._observations = concatenate(self.single_observation_space, self._env_obs,
+                                         self._observations)
+        self._autoreset_envs = np.logical_or(self._terminations, self._truncations)
+        return (
+            deepcopy(self._observations) if self.copy else self._observations,
+            np.copy(self._rewards),
+            np.copy(self._terminations),
+            np.copy(self._truncations),
+            infos,
+        )
+
+    def render(self) -> tuple[Any, ...]:
+        """Each sub-env's ``render()``: a tuple of (H, W, 3) uint8 arrays, texts or None.
+
+        Raises:
+            RemoteEnvError, Timeout, ConnectionLost: as :meth:`step`.
+        """
+        answers = self._exchange([(i, Render(instance=env.instance))
+                                  for i, env in enumerate(self.envs)])
+        return tuple(cast(Frame, answer).frame for answer in answers)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        """Close every remote env and every connection, even if some fail.
+
+        The ``Close`` requests overlap; a sub-env whose server is gone or does
+        not answer within ``min(timeout, 5)`` s is just disconnected.
+        Idempotent (:meth:`close` runs this once).
+        """
+        _close_all(getattr(self, "envs", []))
+
+    def __repr__(self) -> str:
+        urls = sorted({u if isinstance(u, str) else u.render() for u in self.urls})
+        return f"RemoteVectorEnv({', '.join(urls)}, num_envs={self.num_envs})"
+
+    # -- overlapping round trips ----------------------------------------------------------
+
+    def _exchange(self, requests: Sequence[tuple[int, Request]]) -> list[Response]:
+        """Send each ``(sub-env index, request)``, then collect the answers in order.
+
+        Every request is submitted before any answer is awaited; then every
+        answer is received, also after a failure, so that no answer stays in
+        flight.  The first failure (by position) is raised with its sub-env's
+        index.
+        """
+        if self.closed:
+            raise RelayError("the vector environment is closed")
+        sent: list[tuple[int, Any, Request]] = []
+        for i, request in requests:
+            connection = self.envs[i].connection
+            submit = getattr(connection, "submit", None)  # peer protocols: call only
+            if submit is None:
+                sent.append((i, None, request))
+                continue
+            try:
+                sent.append((i, submit(request), request))
+            except RelayError as exc:  # nothing was sent for this one
+                sent.append((i, exc, request))
+        answers: list[Response] = []
+        failure: tuple[int, RelayError] | None = None
+        done = 0
+        try:
+            for i, pending, request in sent:
+                connection = self.envs[i].connection
+                try:
+                    if isinstance(pending, RelayError):
+                        raise pending
+                    answers.append(connection.call(request) if pending is None
+                                   else connection.receive(pending))
+                except RelayError as exc:
+                    failure = failure or (i, exc)
+                    answers.append(cast(Response, None))
+                done += 1
+        except BaseException:  # KeyboardInterrupt...: drop the answers still in flight
+            for i, pending, _ in sent[done:]:
+                if pending is not None and not isinstance(pending, RelayError):
+                    self.envs[i].connection.session.cancel(pending.id)
+            raise
+        if failure is not None:
+            index, error = failure
+            raise _indexed(error, index, self.urls[index]) from error
+        return answers
+
+
+def make_vec(
+    url: str | URL | Sequence[str | URL], env_id: str | None = None, *, num_envs: int = 1,
+    **kwargs: Any,
+) -> RemoteVectorEnv:
+    """Connect ``num_envs`` remote environments and return them as one ``VectorEnv``.
+
+    Same as ``RemoteVectorEnv(url, env_id, num_envs=num_envs, **kwargs)``; see
+    :class:`RemoteVectorEnv` for the arguments (the settings and env kwargs
+    of :func:`relay.make`, plus ``autoreset_mode`` and ``copy``) and errors.
+    """
+    return RemoteVectorEnv(url, env_id, num_envs=num_envs, **kwargs)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _indexed(exc: RelayError, index: int, url: str | URL) -> RelayError:
+    """A copy of ``exc`` (same type and attributes) whose message names the sub-env.
+
+    The copy has an ``env_index`` attribute; raise it ``from exc``.
+    """
+    cls = type(exc)
+    named = cls.__new__(cls)
+    named.__dict__.update(exc.__dict__)
+    # RemoteError.__str__ appends the remote traceback: take the message without it
+    text = Exception.__str__(exc) if hasattr(exc, "remote_traceback") else str(exc)
+    where = url if isinstance(url, str) else url.render()
+    named.args = (f"sub-environment {index} ({where}): {text}",)
+    named.env_index = index  # type: ignore[attr-defined]
+    return named
+
+
+def _check_reset_mask(mask: Any, num_envs: int) -> npt.NDArray[np.bool_]:
+    """``options["reset_mask"]`` checked as SyncVectorEnv checks it."""
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"`options['reset_mask']` must be a numpy array, got {type(mask)}")
+    if mask.shape != (num_envs,):
+        raise ValueError(f"`options['reset_mask']` must have shape `({num_envs},)`, "
+                         f"got {mask.shape}")
+    if mask.dtype != np.bool_:
+        raise TypeError(f"`options['reset_mask']` must have `dtype=np.bool_`, got {mask.dtype}")
+    if not np.any(mask):
+        raise ValueError("`options['reset_mask']` must contain a boolean array with at "
+                         f"least one True value, got reset_mask={mask}")
+    return mask
+
+
+def _make_all(urls: Sequence[str | URL], env_id: str | None, render_mode: str | None,
+              kwargs: dict[str, Any]) -> list[RemoteEnv]:
+    """Connect and make one RemoteEnv per URL; several at a time after the first.
+
+    The first is made alone (it loads the plugins and fails fast on a wrong
+    URL, codec or env id); on any failure every env made is closed.
+    """
+    def make_one(i: int) -> RemoteEnv:
+        try:
+            return RemoteEnv(urls[i], env_id, render_mode=render_mode, **kwargs)
+        except RelayError as exc:
+            raise _indexed(exc, i, urls[i]) from exc
+
+    envs: list[RemoteEnv] = [make_one(0)]
+    if len(urls) == 1:
+        return envs
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(min(len(urls) - 1, MAX_CONNECT_THREADS),
+                            thread_name_prefix="relay-make-vec") as pool:
+        futures = [pool.submit(make_one, i) for i in range(1, len(urls))]
+        for future in futures:  # wait for all: none is left connecting behind our back
+            try:
+                envs.append(future.result())
+            except BaseException as exc:
+                failure = failure or exc
+    if failure is not None:
+        _close_all(envs)
+        raise failure
+    return envs
+
+
+def _close_all(envs: Sequence[RemoteEnv]) -> None:
+    """Close the remote envs (``Close`` requests overlapped) and every connection.
+
+    Every connection is closed even if closing one fails; the first non-relay
+    error (e.g. from a render window) is raised afterwards.
+    """
+    pendings = []
+    for env in envs:
+        # the env's own close() would send Close again, one at a time: take its
+        # instance so that it only disconnects (same package, same contract)
+        instance, env._instance = env._instance, None
+        connection = env.connection
+        submit = getattr(connection, "submit", None)
+        if instance is None or connection.closed:
+            continue
+        close = Close(instance=instance)
+        timeout = min(env.settings.timeout, 5.0)
+        try:
+            pendings.append((env, submit(close, timeout) if submit else None, close, timeout))
+        except RelayError:
+            pass
+    for env, pending, close, timeout in pendings:
+        try:
+            if pending is None:
+                env.connection.call(close, timeout=timeout)
+            else:
+                env.connection.receive(pending)
+        except RelayError:
+            pass
+    first: BaseException | None = None
+    for env in envs:
+        try:
+            env.close()
+        except BaseException as exc:
+            first = first or exc
+    if first is not None:
+        raise first

@@ -1,0 +1,353 @@
+"""RemoteVectorEnv: relay's gymnasium.vector.VectorEnv, equal to SyncVectorEnv of the same
+envs run in-process, over real transports and servers."""
+
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+import relay
+from relay.adapters.vector import RemoteVectorEnv
+
+
+@pytest.fixture
+def serve(listen_url):
+    servers = []
+
+    def start(env, url=listen_url, **settings):
+        server = relay.serve(env, url, **settings)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def serve_tcp():
+    """Servers on zmq+tcp (several may run at once: each gets its own port)."""
+    servers = []
+
+    def start(env, **settings):
+        server = relay.serve(env, "zmq+tcp://127.0.0.1:0", **settings)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def local_sync(env_id, num_envs, **kwargs):
+    return SyncVectorEnv([lambda: gym.make(env_id) for _ in range(num_envs)], **kwargs)
+
+
+def assert_same_infos(got, want):
+    assert list(got) == list(want)
+    for key, value in want.items():
+        if isinstance(value, dict):
+            assert_same_infos(got[key], value)
+        elif key == "final_obs":
+            for a, b in zip(got[key], value, strict=True):
+                assert (a is None and b is None) or np.array_equal(a, b)
+        else:
+            np.testing.assert_array_equal(got[key], value)
+
+
+def run_both(remote, local, steps, seed, actions_seed=0, reset_seeds=None):
+    """Drive both with the same seeds and actions; assert equal at every step.
+
+    Returns the number of sub-env episodes that ended.
+    """
+    obs_r, info_r = remote.reset(seed=reset_seeds if reset_seeds is not None else seed)
+    obs_l, info_l = local.reset(seed=reset_seeds if reset_seeds is not None else seed)
+    np.testing.assert_array_equal(obs_r, obs_l)
+    assert_same_infos(info_r, info_l)
+    local.action_space.seed(actions_seed)
+    ended = 0
+    for _ in range(steps):
+        actions = local.action_space.sample()
+        got, want = remote.step(actions), local.step(actions)
+        for g, w in zip(got[:4], want[:4], strict=True):
+            np.testing.assert_array_equal(g, w)
+            assert g.dtype == w.dtype and g.shape == w.shape
+        assert_same_infos(got[4], want[4])
+        ended += int(np.sum(want[2] | want[3]))
+    return ended
+
+
+def test_cartpole_equals_sync_vector_env_with_autoresets(serve):
+    server = serve("CartPole-v1")
+    remote = relay.make_vec(server.address, num_envs=3)
+    local = local_sync("CartPole-v1", 3)
+    try:
+        assert isinstance(remote, gym.vector.VectorEnv)
+        assert remote.num_envs == 3
+        assert remote.single_observation_space == local.single_observation_space
+        assert remote.observation_space == local.observation_space
+        assert remote.single_action_space == local.single_action_space
+        assert remote.action_space == local.action_space
+        assert remote.metadata["autoreset_mode"] is AutoresetMode.NEXT_STEP
+        assert run_both(remote, local, steps=300, seed=42) >= 10  # autoresets happened
+    finally:
+        remote.close()
+        local.close()
+
+
+@pytest.mark.parametrize("mode", [AutoresetMode.SAME_STEP, AutoresetMode.NEXT_STEP])
+def test_autoreset_modes_equal_sync(serve_tcp, mode):
+    server = serve_tcp("CartPole-v1")
+    remote = relay.make_vec(server.address, num_envs=2, autoreset_mode=mode.value)
+    local = local_sync("CartPole-v1", 2, autoreset_mode=mode)
+    try:
+        assert remote.metadata["autoreset_mode"] is mode
+        assert run_both(remote, local, steps=120, seed=[3, 9]) >= 4
+    finally:
+        remote.close()
+        local.close()
+
+
+def test_autoreset_disabled_with_reset_mask(serve_tcp):
+    server = serve_tcp("CartPole-v1")
+    remote = relay.make_vec(server.address, num_envs=2, autoreset_mode=AutoresetMode.DISABLED)
+    local = local_sync("CartPole-v1", 2, autoreset_mode=AutoresetMode.DISABLED)
+    try:
+        np.testing.assert_array_equal(remote.reset(seed=5)[0], local.reset(seed=5)[0])
+        ended = 0
+        for _ in range(80):
+            got, want = remote.step(np.array([1, 1])), local.step(np.array([1, 1]))
+            np.testing.assert_array_equal(got[0], want[0])
+            done = want[2] | want[3]
+            np.testing.assert_array_equal(got[2] | got[3], done)
+            if done.any():
+                ended += 1
+                options = {"reset_mask": done}
+                got_obs, _ = remote.reset(options=options)
+                want_obs, _ = local.reset(options=dict(options))
+                np.testing.assert_array_equal(got_obs, want_obs)
+                assert "reset_mask" in options  # the caller's dict is left alone
+        assert ended >= 3
+        remote.step(np.array([1, 1]))
+        while True:  # step until one ends, then once more without resetting
+            _, _, term, trunc, _ = remote.step(np.array([1, 1]))
+            if (term | trunc).any():
+                break
+        with pytest.raises(relay.NotReset, match=r"sub-environment \d.*reset_mask"):
+            remote.step(np.array([1, 1]))
+    finally:
+        remote.close()
+        local.close()
+
+
+def test_two_servers_round_robin(serve_tcp):
+    first, second = serve_tcp("CartPole-v1"), serve_tcp("CartPole-v1")
+    remote = relay.make_vec([first.address, second.address], num_envs=4)
+    local = local_sync("CartPole-v1", 4)
+    try:
+        assert [env.url for env in remote.envs] == [relay.make_url(u) for u in
+                                                    [first.address, second.address] * 2]
+        assert run_both(remote, local, steps=60, seed=[1, 2, 3, 4]) >= 1
+        # sub-envs 1 and 3 live on the second server: closing it breaks only them
+        second.close()
+        start = time.monotonic()
+        with pytest.raises((relay.ConnectionLost, relay.Timeout)) as info:
+            for _ in range(3):
+                remote.step(np.array([0, 1, 0, 1]))
+        assert info.value.env_index == 1
+        assert "sub-environment 1" in str(info.value)
+        assert time.monotonic() - start < 50
+    finally:
+        remote.close()
+        remote.close()
+        local.close()
+
+
+def test_mountain_car_continuous_box_actions(serve_tcp):
+    server = serve_tcp("MountainCarContinuous-v0")
+    remote = relay.make_vec(server.address, num_envs=2)
+    local = local_sync("MountainCarContinuous-v0", 2)
+    try:
+        assert remote.action_space == local.action_space
+        assert remote.action_space.shape == (2, 1)
+        assert remote.action_space.dtype == np.float32
+        run_both(remote, local, steps=150, seed=11, actions_seed=4)
+    finally:
+        remote.close()
+        local.close()
+
+
+class FaultyEnv(gym.Env):
+    """Raises on action 1, sleeps 1 s on action 2, else counts (the count is the obs)."""
+
+    observation_space = gym.spaces.Box(0, 1000, (1,), np.float32)
+    action_space = gym.spaces.Discrete(3)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.count = 0
+        return np.zeros(1, np.float32), {"count": 0}
+
+    def step(self, action):
+        if action == 1:
+            raise ZeroDivisionError("the env divided by zero")
+        if action == 2:
+            time.sleep(1.0)
+        self.count += 1
+        return np.full(1, self.count, np.float32), 1.0, False, False, {"count": self.count}
+
+
+def faulty(env_id=None, **kwargs):
+    return FaultyEnv()
+
+
+def test_env_exception_names_the_sub_env_and_others_stay_in_step(serve_tcp):
+    server = serve_tcp(faulty)
+    remote = relay.make_vec(server.address, num_envs=3)
+    try:
+        remote.reset()
+        with pytest.raises(relay.RemoteEnvError, match="sub-environment 1 .*divided by zero"
+                           ) as info:
+            remote.step(np.array([0, 1, 0]))
+        assert info.value.env_index == 1
+        assert info.value.remote_type == "builtins.ZeroDivisionError"
+        assert "raise ZeroDivisionError" in info.value.remote_traceback
+        obs, rewards, *_, infos = remote.step(np.array([0, 0, 0]))
+        np.testing.assert_array_equal(obs[:, 0], [2, 1, 2])  # 0 and 2 stepped before
+        np.testing.assert_array_equal(infos["count"], [2, 1, 2])
+        np.testing.assert_array_equal(infos["_count"], [True, True, True])
+        with pytest.raises(relay.InvalidAction, match="sub-environment 2"):
+            remote.step(np.array([0, 0, 7]))
+    finally:
+        remote.close()
+
+
+def test_timeout_in_one_sub_env_then_late_answer_dropped(serve_tcp):
+    server = serve_tcp(faulty)
+    remote = relay.make_vec(server.address, num_envs=3, timeout=0.3)
+    try:
+        remote.reset()
+        start = time.monotonic()
+        with pytest.raises(relay.Timeout, match="sub-environment 1") as info:
+            remote.step(np.array([0, 2, 0]))  # sub-env 1 sleeps 1 s on the server
+        assert info.value.env_index == 1
+        assert time.monotonic() - start < 0.95
+        time.sleep(1.0)
+        obs, *_ = remote.step(np.array([0, 0, 0]))
+        # sub-env 1's late answer (count 1) was dropped; this step is its count 2
+        np.testing.assert_array_equal(obs[:, 0], [2, 2, 2])
+        assert remote.envs[1].connection.session.dropped == 1
+        assert remote.envs[0].connection.session.dropped == 0
+    finally:
+        remote.close()
+
+
+def test_close_is_idempotent_and_survives_a_dead_server(serve_tcp):
+    server = serve_tcp("CartPole-v1")
+    remote = relay.make_vec(server.address, num_envs=2, timeout=1.0)
+    remote.reset(seed=0)
+    remote.close()
+    remote.close()
+    assert remote.closed
+    assert all(env.connection.closed for env in remote.envs)
+    with pytest.raises(relay.RelayError, match="closed"):
+        remote.step(np.array([0, 0]))
+
+    other = relay.make_vec(server.address, num_envs=2, timeout=1.0)
+    server.close()
+    start = time.monotonic()
+    other.close()  # no answer to Close: every connection is closed anyway
+    assert time.monotonic() - start < 3.0
+    assert all(env.connection.closed for env in other.envs)
+
+
+def test_gymnasium_make_vec_uses_the_vector_entry_point(serve_tcp):
+    server = serve_tcp("CartPole-v1")
+    for mode in ("vector_entry_point", None):
+        envs = gym.make_vec("relay/Remote-v0", num_envs=3, vectorization_mode=mode,
+                            url=str(server.address), env_id="CartPole-v1")
+        try:
+            assert isinstance(envs, RemoteVectorEnv)
+            assert envs.num_envs == 3
+            assert envs.spec.id == "relay/Remote-v0"
+            assert envs.spec.kwargs["env_id"] == "CartPole-v1"
+            obs, _ = envs.reset(seed=0)
+            assert obs.shape == (3, 4) and obs in envs.observation_space
+        finally:
+            envs.close()
+    sync = gym.make_vec("relay/Remote-v0", num_envs=2, vectorization_mode="sync",
+                        url=str(server.address), env_id="CartPole-v1")
+    try:  # Gymnasium's own SyncVectorEnv of relay.RemoteEnv works too
+        assert isinstance(sync, SyncVectorEnv)
+        assert sync.reset(seed=0)[0].shape == (2, 4)
+    finally:
+        sync.close()
+
+
+def test_vector_env_checks(serve_tcp):
+    """What Gymnasium checks of envs, for a vector env (1.4 has no vector checker)."""
+    server = serve_tcp("CartPole-v1")
+    envs = relay.make_vec(server.address, num_envs=2, render_mode="rgb_array")
+    try:
+        obs, infos = envs.reset(seed=7)
+        assert obs in envs.observation_space and isinstance(infos, dict)
+        again, _ = envs.reset(seed=7)
+        np.testing.assert_array_equal(obs, again)  # seeding is deterministic
+        other, _ = envs.reset(seed=[7, 9])
+        np.testing.assert_array_equal(other[0], obs[0])
+        assert not np.array_equal(other[1], obs[1])
+        envs.action_space.seed(0)
+        obs, rewards, terminations, truncations, infos = envs.step(envs.action_space.sample())
+        assert obs in envs.observation_space and obs.dtype == np.float32
+        assert rewards.dtype == np.float64 and rewards.shape == (2,)
+        assert terminations.dtype == np.bool_ and truncations.dtype == np.bool_
+        assert isinstance(infos, dict)
+        copy = envs.step(np.array([0, 1]))[0]
+        envs.step(np.array([0, 1]))
+        assert not np.shares_memory(copy, envs.step(np.array([0, 1]))[0])
+        frames = envs.render()
+        assert isinstance(frames, tuple) and len(frames) == 2
+        assert all(f.shape == (400, 600, 3) and f.dtype == np.uint8 for f in frames)
+        assert envs.render_mode == "rgb_array"
+        with pytest.raises(ValueError, match="length must match"):
+            envs.reset(seed=[1, 2, 3])
+        with pytest.raises(ValueError, match="expected 2 actions"):
+            envs.step(np.array([0, 1, 0]))
+        assert repr(envs) == f"RemoteVectorEnv({server.address}, num_envs=2)"
+    finally:
+        envs.close()
+
+
+def test_different_spaces_are_refused_and_everything_closed(serve_tcp):
+    cartpole, car = serve_tcp("CartPole-v1"), serve_tcp("MountainCarContinuous-v0")
+    with pytest.raises(relay.RelayError, match="sub-environment 1 .* must have equal spaces"):
+        relay.make_vec([cartpole.address, car.address], num_envs=2)
+
+
+def test_make_failure_names_the_sub_env(serve_tcp):
+    server = serve_tcp("CartPole-v1")
+    with pytest.raises(relay.RemoteError, match="sub-environment 0 .*serves 'CartPole-v1' only"
+                       ) as info:
+        relay.make_vec(server.address, "Pendulum-v1", num_envs=2)
+    assert info.value.env_index == 0
+    with pytest.raises(relay.ConfigError, match="num_envs"):
+        relay.make_vec(server.address, num_envs=0)
+    with pytest.raises(relay.ConfigError, match="at least one URL"):
+        relay.make_vec([], num_envs=2)
+    with pytest.raises(relay.ConfigError, match="human"):
+        relay.make_vec(server.address, num_envs=2, render_mode="human")
+
+
+def test_peer_protocol_connections_fall_back_to_calls():
+    """gymie connections have only call(): the sub-envs are stepped one after the other."""
+    with relay.serve("CartPole-v1", "ws://127.0.0.1:0/gym?codec=gymie") as server:
+        remote = relay.make_vec(server.address, "CartPole-v1", num_envs=2)
+        local = local_sync("CartPole-v1", 2)
+        try:
+            assert not hasattr(remote.envs[0].connection, "submit")
+            run_both(remote, local, steps=40, seed=1)  # Gymie ignores seed 0
+        finally:
+            remote.close()
+            local.close()
