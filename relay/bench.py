@@ -318,7 +318,7 @@ CASES: dict[str, Case] = {}
 
 CASE_MODULES: list[str] = ["relay.compat.gymie_bench", "relay.transports.ws_bench",
                            "relay.compat.dm_env_rpc.bench", "relay.transports.shm_bench",
-                           "relay.transports.grpc_bench"]
+                           "relay.transports.grpc_bench", "relay.adapters.vector_bench"]
 """Modules imported before a run so that their ``@bench_case`` functions register."""
 
 LISTEN_URLS: dict[str, str] = {
