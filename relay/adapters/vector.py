@@ -210,14 +210,19 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
         self._autoreset_envs[mask] = False
 
         chosen = [i for i in range(self.num_envs) if mask[i]]
-        answers = self._exchange(
+        answers, error = self._exchange(
             [(i, Reset(instance=self.envs[i].instance, seed=seeds[i], options=options))
              for i in chosen])
         infos: dict[str, Any] = {}
         for i, answer in zip(chosen, answers, strict=True):
+            if answer is None:  # failed: in NEXT_STEP mode the next step resets it
+                self._autoreset_envs[i] = True
+                continue
             assert isinstance(answer, Observation)
             self._env_obs[i] = answer.obs
             infos = self._add_info(infos, answer.info, i)
+        if error is not None:
+            raise error from error.__cause__
         self._observations = concatenate(self.single_observation_space, self._env_obs,
                                          self._observations)
         return (deepcopy(self._observations) if self.copy else self._observations), infos
@@ -242,8 +247,11 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
                 not reset (nothing is sent).
             InvalidAction, RemoteEnvError, Timeout, ConnectionLost: from the
                 first failing sub-env (message and ``env_index`` name it), raised
-                once every other sub-env has answered; those have stepped, so
-                call ``reset`` before going on.
+                once every other sub-env has answered.  The others have stepped
+                (and autoreset) and their results are kept for the next step;
+                the failing one keeps its last observation (an ``InvalidAction``
+                leaves its env unchanged; after a ``Timeout`` its state on the
+                server is unknown: ``reset`` it).
         """
         per_env = list(iterate(self.action_space, actions))
         if len(per_env) != self.num_envs:
@@ -261,10 +269,16 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
                                    "reset(options={'reset_mask': ...}) before stepping "
                                    "(autoreset_mode DISABLED)")
             requests.append((i, Step(instance=instance, action=action)))
-        answers = self._exchange(requests)
+        answers, error = self._exchange(requests)
 
         env_infos: list[dict[str, Any]] = []
         for i, answer in enumerate(answers):
+            if answer is None:  # failed: no reward, last observation kept
+                self._rewards[i] = 0.0
+                if isinstance(requests[i][1], Step):  # (a failed autoreset stays due)
+                    self._terminations[i] = self._truncations[i] = False
+                env_infos.append({})
+                continue
             if isinstance(answer, Observation):  # NEXT_STEP autoreset
                 self._env_obs[i] = answer.obs
                 self._rewards[i] = 0.0
@@ -282,9 +296,12 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
         if mode is AutoresetMode.SAME_STEP:
             ended = np.flatnonzero(self._terminations | self._truncations).tolist()
             if ended:
-                resets = self._exchange(
+                resets, reset_error = self._exchange(
                     [(i, Reset(instance=self.envs[i].instance)) for i in ended])
+                error = error or reset_error
                 for i, answer in zip(ended, resets, strict=True):
+                    if answer is None:  # failed: leave it ended (reset it explicitly)
+                        continue
                     assert isinstance(answer, Observation)
                     finals[i] = (self._env_obs[i], env_infos[i])
                     self._env_obs[i], env_infos[i] = answer.obs, answer.info
@@ -296,9 +313,11 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
                 infos = self._add_info(infos, {"final_obs": final_obs,
                                                "final_info": final_info}, i)
             infos = self._add_info(infos, info, i)
+        self._autoreset_envs = np.logical_or(self._terminations, self._truncations)
+        if error is not None:
+            raise error from error.__cause__
         self._observations = concatenate(self.single_observation_space, self._env_obs,
                                          self._observations)
-        self._autoreset_envs = np.logical_or(self._terminations, self._truncations)
         return (
             deepcopy(self._observations) if self.copy else self._observations,
             np.copy(self._rewards),
@@ -313,8 +332,10 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
         Raises:
             RemoteEnvError, Timeout, ConnectionLost: as :meth:`step`.
         """
-        answers = self._exchange([(i, Render(instance=env.instance))
-                                  for i, env in enumerate(self.envs)])
+        answers, error = self._exchange([(i, Render(instance=env.instance))
+                                         for i, env in enumerate(self.envs)])
+        if error is not None:
+            raise error from error.__cause__
         return tuple(cast(Frame, answer).frame for answer in answers)
 
     def close_extras(self, **kwargs: Any) -> None:
@@ -332,13 +353,16 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
 
     # -- overlapping round trips ----------------------------------------------------------
 
-    def _exchange(self, requests: Sequence[tuple[int, Request]]) -> list[Response]:
+    def _exchange(self, requests: Sequence[tuple[int, Request]]
+                  ) -> tuple[list[Response | None], RelayError | None]:
         """Send each ``(sub-env index, request)``, then collect the answers in order.
 
         Every request is submitted before any answer is awaited; then every
         answer is received, also after a failure, so that no answer stays in
-        flight.  The first failure (by position) is raised with its sub-env's
-        index.
+        flight.  Returns the answers (None for a failed request) and the first
+        failure (by position) naming its sub-env (see :func:`_indexed`; its
+        ``__cause__`` is the original), for the caller to raise once it has
+        kept the other answers.
         """
         if self.closed:
             raise RelayError("the vector environment is closed")
@@ -353,7 +377,7 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
                 sent.append((i, submit(request), request))
             except RelayError as exc:  # nothing was sent for this one
                 sent.append((i, exc, request))
-        answers: list[Response] = []
+        answers: list[Response | None] = []
         failure: tuple[int, RelayError] | None = None
         done = 0
         try:
@@ -366,17 +390,17 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
                                    else connection.receive(pending))
                 except RelayError as exc:
                     failure = failure or (i, exc)
-                    answers.append(cast(Response, None))
+                    answers.append(None)
                 done += 1
         except BaseException:  # KeyboardInterrupt...: drop the answers still in flight
             for i, pending, _ in sent[done:]:
                 if pending is not None and not isinstance(pending, RelayError):
                     self.envs[i].connection.session.cancel(pending.id)
             raise
-        if failure is not None:
-            index, error = failure
-            raise _indexed(error, index, self.urls[index]) from error
-        return answers
+        if failure is None:
+            return answers, None
+        index, error = failure
+        return answers, _indexed(error, index, self.urls[index])
 
 
 def make_vec(
@@ -408,6 +432,7 @@ def _indexed(exc: RelayError, index: int, url: str | URL) -> RelayError:
     where = url if isinstance(url, str) else url.render()
     named.args = (f"sub-environment {index} ({where}): {text}",)
     named.env_index = index  # type: ignore[attr-defined]
+    named.__cause__ = exc
     return named
 
 

@@ -224,6 +224,26 @@ def test_env_exception_names_the_sub_env_and_others_stay_in_step(serve_tcp):
         remote.close()
 
 
+def test_the_others_results_are_kept_when_one_sub_env_fails(serve_tcp):
+    server = serve_tcp("CartPole-v1")
+    remote = relay.make_vec(server.address, num_envs=2)
+    try:
+        remote.reset(seed=0)
+        for _ in range(100):  # push sub-env 0 over (action 1), keep 1 alive (alternate)
+            _, _, term, trunc, _ = remote.step(np.array([1, _ % 2]))
+            if term[0] or trunc[0]:
+                break
+        assert term[0] or trunc[0]
+        with pytest.raises(relay.InvalidAction, match="sub-environment 1"):
+            remote.step(np.array([0, 7]))  # sub-env 0 autoresets meanwhile
+        obs, rewards, term, trunc, _ = remote.step(np.array([0, 0]))
+        np.testing.assert_array_equal(rewards, [1.0, 1.0])  # no second autoreset of 0
+        assert not term.any() and not trunc.any()
+        assert obs in remote.observation_space
+    finally:
+        remote.close()
+
+
 def test_timeout_in_one_sub_env_then_late_answer_dropped(serve_tcp):
     server = serve_tcp(faulty)
     remote = relay.make_vec(server.address, num_envs=3, timeout=0.3)
