@@ -144,7 +144,7 @@ def test_autoreset_disabled_with_reset_mask(serve_tcp):
 
 def test_two_servers_round_robin(serve_tcp):
     first, second = serve_tcp("CartPole-v1"), serve_tcp("CartPole-v1")
-    remote = relay.make_vec([first.address, second.address], num_envs=4)
+    remote = relay.make_vec([first.address, second.address], num_envs=4, timeout=5.0)
     local = local_sync("CartPole-v1", 4)
     try:
         assert [env.url for env in remote.envs] == [relay.make_url(u) for u in
@@ -158,7 +158,7 @@ def test_two_servers_round_robin(serve_tcp):
                 remote.step(np.array([0, 1, 0, 1]))
         assert info.value.env_index == 1
         assert "sub-environment 1" in str(info.value)
-        assert time.monotonic() - start < 50
+        assert time.monotonic() - start < 10
     finally:
         remote.close()
         remote.close()
