@@ -4,7 +4,9 @@
   two ``multiprocessing.shared_memory`` segments (one per direction) and two
   ``posix_ipc`` semaphores, with the *same* wake-up as ``shm://`` (poll for
   :data:`~relay.transports.shm.PURE_SPIN_NS`, then poll with ``sched_yield`` up
-  to :data:`~relay.transports.base.DEFAULT_SPIN_US`, then ``sem_timedwait``).
+  to :data:`~relay.transports.base.DEFAULT_SPIN_US`, then raise a "waiting"
+  word, fence, look again and ``sem_timedwait``; the writer fences after
+  publishing and posts only when that word is up).
   Each step copies relay's own wire bytes for that step (the msgpack frames
   of ``Step`` and ``Transition``) into the segment and out again into a
   fresh buffer, as ``shm://`` does by default.  No relay code on the hot path.
@@ -36,6 +38,7 @@ import secrets
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from multiprocessing import resource_tracker, shared_memory
@@ -60,7 +63,9 @@ from relay.transports.shm import PURE_SPIN_NS
 RAW_SEM = "raw shm + semaphore"
 RAW_SOCK = "raw shm + socket doorbell"
 SIZE = 1 << 20
-_HEAD = struct.Struct("<QQ")  # seq, length; data from byte 64
+_HEAD = struct.Struct("<QQ")  # seq, length; the reader's "waiting" word at 64; data from 128
+_WAITING = struct.Struct("<Q")  # at byte 64 (no cast view: it would pin the mapping)
+_DATA = 128
 
 
 class _RawEnd:
@@ -72,14 +77,19 @@ class _RawEnd:
         self.wake, self.waiter, self.kind = wake, waiter, kind
         self.wseq = self.rseq = 0
         self.spin = DEFAULT_SPIN_US * 1e-6
+        fence = threading.Lock()
+        self.fence_acquire, self.fence_release = fence.acquire, fence.release
 
     def send(self, data: bytes) -> None:
         n = len(data)
-        self.out[64:64 + n] = data
+        self.out[_DATA:_DATA + n] = data
         self.wseq += 1
         _HEAD.pack_into(self.out, 0, self.wseq, n)
         if self.kind == "sem":
-            self.wake.release()
+            self.fence_acquire()  # a full fence, as ShmChannel._wake
+            self.fence_release()
+            if _WAITING.unpack_from(self.out, 64)[0]:
+                self.wake.release()
         else:
             self.wake.send(b"\0")
 
@@ -99,25 +109,23 @@ class _RawEnd:
             if now >= polite:
                 os.sched_yield()
         if self.kind == "sem":
-            if caught:
-                if self.waiter.value:
-                    try:
-                        self.waiter.acquire(0)
-                    except posix_ipc.BusyError:
-                        pass
-            else:
+            if not caught:
+                _WAITING.pack_into(inn, 64, 1)
+                self.fence_acquire()
+                self.fence_release()
                 while _HEAD.unpack_from(inn, 0)[0] < want:
                     try:
                         self.waiter.acquire(1.0)
                     except posix_ipc.BusyError:
                         pass
+                _WAITING.pack_into(inn, 64, 0)
         else:
             self.waiter.recv(1)  # every message rings once: consume it
             while _HEAD.unpack_from(inn, 0)[0] < want:
                 pass
         self.rseq = want
         n = _HEAD.unpack_from(inn, 0)[1]
-        return bytearray(inn[64:64 + n])
+        return bytearray(inn[_DATA:_DATA + n])
 
 
 def _raw_case(kind: str) -> Any:
