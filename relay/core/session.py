@@ -13,9 +13,12 @@ Legal moves (the one statement of them is :data:`CLIENT_TRANSITIONS`)::
     server:  HANDSHAKING --receive(Hello)--> READY --receive(request)--> READY
 
 Each request gets a fresh id; its answer must carry the same id and be of the
-type that answers it (``Made`` for ``Make``...) or ``Error``.  An answer whose
-request has expired (its deadline passed) is dropped, never taken for the
-answer of a later request.
+type that answers it (``Made`` for ``Make``...) or ``Error``.  An answer to a
+request the driver gave up on (:meth:`ClientSession.cancel`, or
+:meth:`ClientSession.expire` once its deadline passed) is dropped, never taken
+for the answer of a later request.  The session does not give up by itself: an
+answer that arrived in time but is read late (several requests in flight) is
+still its request's.
 """
 
 from __future__ import annotations
@@ -138,7 +141,7 @@ class ClientSession:
         self._pending[request_id] = (type(message), now + timeout)
         return Envelope(request_id, message)
 
-    def receive(self, envelope: Envelope, *, now: float) -> tuple[int, Response] | None:
+    def receive(self, envelope: Envelope) -> tuple[int, Response] | None:
         """Match an answer to its request; None if it answers nothing pending (dropped).
 
         Raises:
@@ -147,9 +150,7 @@ class ClientSession:
         if self.state is not State.READY:
             self._move("receive")
         pending = self._pending.pop(envelope.id, None)
-        if self._pending:
-            self.expire(now)
-        if pending is None or pending[1] <= now:  # unknown, or answered after its deadline
+        if pending is None:  # unknown, or given up on (cancelled or expired)
             self.dropped += 1
             return None
         message = envelope.message

@@ -1,6 +1,8 @@
 """ClientConnection's submit/receive: several requests in flight on one connection,
 over a real transport (zmq+tcp) and the in-process one."""
 
+import time
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -70,13 +72,36 @@ def test_an_action_that_cannot_be_encoded_leaves_the_connection_usable(connectio
     assert isinstance(connection.call(Step(instance=instance, action=0)), Transition)
 
 
-def test_receive_times_out_at_the_request_deadline(connection):
-    instance, _ = make_and_reset(connection)
-    pending = connection.submit(Step(instance=instance, action=1), timeout=0.0)
-    with pytest.raises(Timeout, match="Step got no answer within 0.0 s"):
-        connection.receive(pending)
-    # its late answer is dropped, never taken for the next request's
-    assert isinstance(connection.call(Reset(instance=instance)), Observation)
+class SlowStepEnv(gym.Env):
+    observation_space = gym.spaces.Discrete(100)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.count = 0
+        return 0, {}
+
+    def step(self, action):
+        time.sleep(0.3)
+        self.count += 1
+        return self.count, 0.0, False, False, {}
+
+
+def test_receive_times_out_at_the_request_deadline():
+    server = relay.serve(lambda env_id, **kwargs: SlowStepEnv(), "memory://0")
+    url = make_url(server.address)
+    conn = ClientConnection.open(url, resolve_settings(url))
+    try:
+        instance, _ = make_and_reset(conn)
+        pending = conn.submit(Step(instance=instance, action=1), timeout=0.1)
+        with pytest.raises(Timeout, match="Step got no answer within 0.1 s"):
+            conn.receive(pending)
+        # its late answer (count 1) is dropped, never taken for the next request's
+        assert conn.call(Step(instance=instance, action=1)).obs == 2
+        assert conn.session.dropped == 1
+    finally:
+        conn.close()
+        server.close()
 
 
 def test_box_actions_are_taken_as_a_local_env_takes_them():
@@ -97,3 +122,13 @@ def test_box_actions_are_taken_as_a_local_env_takes_them():
         remote.close()
         local.close()
         server.close()
+
+
+def test_an_answer_that_came_in_time_is_taken_even_when_read_late(connection):
+    instance, _ = make_and_reset(connection)
+    first = connection.submit(Step(instance=instance, action=1), timeout=0.5)
+    second = connection.submit(Step(instance=instance, action=0), timeout=0.5)
+    time.sleep(0.7)  # both answers are here; both deadlines have passed
+    assert isinstance(connection.receive(second), Transition)
+    assert isinstance(connection.receive(first), Transition)
+    assert connection.session.dropped == 0
