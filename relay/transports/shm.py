@@ -481,6 +481,7 @@ def _max_segment(limit: int) -> int:
 _SEM_TIMEOUT = bool(posix_ipc.SEMAPHORE_TIMEOUT_SUPPORTED)
 _LEARN_CAP = 10_000_000
 _monotonic_ns = time.monotonic_ns
+_TABLE = HEADER >> 3  # u64 word of a record at offset 0: its frame count
 _sched_yield = os.sched_yield
 
 
@@ -570,8 +571,11 @@ class ShmChannel:
                  out_sem: posix_ipc.Semaphore, in_sem: posix_ipc.Semaphore,
                  settings: Settings, *, spin: int, own_names: Sequence[str] = ()) -> None:
         self._sock = sock
-        self._out = _Segment(out_map)
-        self._in = _Segment(in_map)
+        self._out = out = _Segment(out_map)
+        self._in = inn = _Segment(in_map)
+        # the hot path's views of the current segments (see _use_out, _use_in)
+        self._octl, self._oview, self._oend = out.ctl, out.view, HEADER + out.capacity
+        self._ictl, self._iview, self._iend = inn.ctl, inn.view, HEADER + inn.capacity
         self._out_sem = out_sem
         self._in_sem = in_sem
         self._limit = settings.max_message_size
@@ -596,6 +600,16 @@ class ShmChannel:
         self._typical = spin // 2  # running typical wait for a message, ns
         self._pool = _BufferPool()
 
+    def _use_out(self, seg: _Segment) -> None:
+        """Make ``seg`` the output segment (its views cached for the hot path)."""
+        self._out = seg
+        self._octl, self._oview, self._oend = seg.ctl, seg.view, HEADER + seg.capacity
+
+    def _use_in(self, seg: _Segment) -> None:
+        """Make ``seg`` the input segment (its views cached for the hot path)."""
+        self._in = seg
+        self._ictl, self._iview, self._iend = seg.ctl, seg.view, HEADER + seg.capacity
+
     # -- sending ----------------------------------------------------------
 
     def send(self, frames: Sequence[Buffer]) -> None:
@@ -613,21 +627,18 @@ class ShmChannel:
         # steps, and then the next one fails (a released memoryview raises
         # ValueError, a closed semaphore ExistentialError).
         try:
-            out = self._out
-            ctl = out.ctl
+            ctl = self._octl
             wseq = self._wseq
-            if ((self._in.ctl[_W_ACK] >= self._sent or ctl[_R_SEQ] >= wseq)
+            if ((self._ictl[_W_ACK] >= self._sent or ctl[_R_SEQ] >= wseq)
                     and not ctl[_R_CLOSED]):
                 # The reader has released the whole ring (request/answer traffic
                 # always; its answer said so in ``wack``, a cache line we have just
                 # read): the record goes at offset 0, written in one pass.  A frame
-                # past the ring's end or the size limit falls back to _send_any.
-                count = len(frames)
-                pos = HEADER + ((8 * (1 + count) + 15) & -16)
-                end = HEADER + out.capacity
-                room = self._limit
-                view = out.view
-                w = HEADER >> 3
+                # past the ring's end falls back to _send_any.
+                pos = HEADER + ((8 * (1 + len(frames)) + 15) & -16)
+                end = self._oend
+                view = self._oview
+                w = _TABLE
                 for frame in frames:
                     if isinstance(frame, (bytes, bytearray)):
                         n = len(frame)
@@ -637,27 +648,31 @@ class ShmChannel:
                     else:
                         frame = _frame_view(frame)
                         n = frame.nbytes
-                    room -= n
                     stop = pos + n
-                    if room < 0 or stop > end:
+                    if stop > end:
                         break
                     w += 1
                     ctl[w] = n
                     view[pos:stop] = frame
                     pos = (stop + ALIGN - 1) & -ALIGN
                 else:
-                    ctl[HEADER >> 3] = count
+                    if pos - HEADER > self._limit:  # the record is; the frames may not be
+                        total = sum(ctl[_TABLE + 1:w + 1])
+                        if total > self._limit:  # never published (nor the ring grown)
+                            raise MessageTooLarge(total, self._limit)
+                    ctl[_TABLE] = w - _TABLE
                     # Publish (as _publish, inlined: this is the hot path), with no
                     # slot: ``wzero`` says the record is at offset 0, in the cache
-                    # line of ``wseq``, which the reader reads anyway; it is the only
-                    # record in flight (_fast stands for _inflight until _send_any).
-                    self._fast = (wseq, pos - HEADER)
-                    self._sent += 1
-                    wseq += 1
-                    self._wseq = wseq
+                    # line of ``wseq``, which the reader reads anyway.
+                    ctl[_W_ZERO] = wseq + 1
+                    ctl[_W_SEQ] = wseq + 1  # the store that makes the record visible
+                    # Bookkeeping after it, off the peer's critical path (a late
+                    # ``wack`` only sends the peer to ``rseq``).  It is the only
+                    # record in flight: _fast stands for _inflight until _send_any.
                     ctl[_W_ACK] = self._acks_base + self._rseq - self._unreleased
-                    ctl[_W_ZERO] = wseq
-                    ctl[_W_SEQ] = wseq  # the store that makes the record visible
+                    self._wseq = wseq + 1
+                    self._sent += 1
+                    self._fast = (wseq, pos - HEADER)
                     if _STRONG_ORDER:  # post only to a reader that sleeps (see _wake)
                         self._fence_acquire()
                         self._fence_release()
@@ -816,7 +831,7 @@ class ShmChannel:
         self._out.view[HEADER + start:HEADER + start + len(words)] = words
         self._publish(start, grow_record, KIND_GROW)
         self._out.close()
-        self._out = _Segment(mapping)
+        self._use_out(_Segment(mapping))
         self._wseq = 0
         self._inflight.clear()
 
@@ -838,8 +853,7 @@ class ShmChannel:
         # As in send, only the calls that may release the GIL (_block, _locate)
         # are counted in ``_active``.
         try:
-            seg = self._in
-            ctl = seg.ctl
+            ctl = self._ictl
             rseq = self._rseq
             if self._unreleased:
                 self._unreleased = False
@@ -847,9 +861,8 @@ class ShmChannel:
             if not _STRONG_ORDER or ctl[_W_SEQ] <= rseq:
                 # Not there yet: spin (inlined, the hot path), then block (_block).
                 began = now = _monotonic_ns()
-                spin = self._spin
-                if spin and self._typical <= spin:
-                    end = began + spin
+                if self._typical <= self._spin:  # (a spin of 0 ends at once)
+                    end = began + self._spin
                     polite = began + PURE_SPIN_NS
                     while now < end:
                         if ctl[_W_SEQ] > rseq:
@@ -861,24 +874,24 @@ class ShmChannel:
                             _sched_yield()  # let the peer (or anyone) have this core
                         now = _monotonic_ns()
                     else:
-                        self._block(seg, timeout, began)
+                        self._block(self._in, timeout, began)
                 else:
-                    self._block(seg, timeout, began)
+                    self._block(self._in, timeout, began)
             if ctl[_W_ZERO] == rseq + 1:  # a message at offset 0, no slot
-                start = HEADER
-                end = HEADER + seg.capacity
+                w = _TABLE
+                end = self._iend
             else:  # from its slot, after any grow records
-                seg, start, end = self._locate(seg, timeout)
-                ctl = seg.ctl
+                w, end = self._locate(timeout)
+                ctl = self._ictl
                 rseq = self._rseq
             # Read the record (see the module docstring for its layout); the
             # bounds are checked once, after the loop (slices never overrun).
-            w = start >> 3
             count = ctl[w]
+            start = w << 3
             pos = start + ((8 * (1 + count) + 15) & -16)
             if pos > end:
                 raise self._lose("malformed shm record: frame table larger than the record")
-            view = seg.view
+            view = self._iview
             frames: list[Buffer] = []
             if self._zero_copy:
                 for i in range(w + 1, w + 1 + count):
@@ -905,7 +918,7 @@ class ShmChannel:
 
     def _check_record(self, ctl: memoryview, w: int, count: int, end: int) -> None:
         """Raise ConnectionLost for a record past ``end`` or over the size limit."""
-        sizes = ctl[w + 1:w + 1 + count].tolist()
+        sizes = list(ctl[w + 1:w + 1 + count])
         total = sum(sizes)
         if total > self._limit:
             raise self._lose(f"the peer sent a message of {total} bytes, over "
@@ -916,19 +929,21 @@ class ShmChannel:
                 raise self._lose("malformed shm record: frames larger than the record")
             pos = (pos + n + ALIGN - 1) & -ALIGN
 
-    def _locate(self, seg: _Segment, timeout: float | None) -> tuple[_Segment, int, int]:
+    def _locate(self, timeout: float | None) -> tuple[int, int]:
         """Find the published record ``self._rseq`` from its slot, following grow records.
 
         Returns:
-            (segment, start, end): the record's byte range in that segment's mapping.
+            (w, end): the record's first u64 word and its end (byte offset) in
+            the (possibly new) input segment.
         """
         self._active += 1
         try:
+            seg = self._in
             while True:
                 ctl = seg.ctl
                 rseq = self._rseq
                 if ctl[_W_ZERO] == rseq + 1:
-                    return seg, HEADER, HEADER + seg.capacity
+                    return _TABLE, HEADER + seg.capacity
                 slot = _SLOT0 + 4 * (rseq % SLOTS)
                 kind = ctl[slot + 2]
                 if kind == KIND_MESSAGE:
@@ -936,7 +951,7 @@ class ShmChannel:
                     length = ctl[slot + 1]
                     if start + length > seg.capacity or length < 8:
                         raise self._lose("malformed shm record: outside the segment")
-                    return seg, HEADER + start, HEADER + start + length
+                    return (HEADER + start) >> 3, HEADER + start + length
                 if kind != KIND_GROW:
                     raise self._lose(f"malformed shm record kind {kind}")
                 seg = self._switch(seg, ctl[slot], ctl[slot + 1])
@@ -1049,7 +1064,7 @@ class ShmChannel:
         # message may still view it (they expired with this recv): then the
         # mapping lives on until they are freed, as _Segment.close allows.
         seg.close()
-        self._in = new
+        self._use_in(new)
         self._rseq = 0
         return new
 
