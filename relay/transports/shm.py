@@ -63,9 +63,10 @@ Growth
     (twice the size or what the message needs) and publish a ``grow`` record
     naming it in the old ring; the reader maps the new segment, unlinks its
     name and continues there.  Messages over ``settings.max_message_size``
-    raise :class:`~relay.core.errors.MessageTooLarge` on send and never touch
-    a segment; a received record over the receiver's limit drops the
-    connection (``ConnectionLost``).
+    raise :class:`~relay.core.errors.MessageTooLarge` on send and are never
+    published (no segment grows; the one-pass fast path may have copied
+    frames into free ring space before it knows the total); a received
+    record over the receiver's limit drops the connection (``ConnectionLost``).
 
 Wake-up (chosen by benchmark: ``relay/transports/shm_bench.py``)
     After publishing, the writer posts the reader's semaphore (``sem_post``:
@@ -82,10 +83,11 @@ Wake-up (chosen by benchmark: ``relay/transports/shm_bench.py``)
     core); then it blocks in ``sem_timedwait`` in slices of :data:`SLICE`
     seconds, checking the socket for EOF between slices.  The spin adapts:
     none at all while the peer's typical answer time is longer than
-    ``spin`` (a slow agent or env costs no CPU), learned from the
-    publication timestamp the writer stores (so our own wake-up latency is
-    not counted).  A tighter budget (twice the typical answer time) was
-    measured and dropped: any hiccup past it costs a 100 µs wake-up here.
+    ``spin`` (a slow agent or env costs no CPU), learned from our own clock
+    while spinning and, after a sleep, from the timestamp the writer stores
+    when it posts (so our own wake-up latency is not counted).  A tighter
+    budget (twice the typical answer time) was measured and dropped: any
+    hiccup past it costs a 100 µs wake-up here.
     The semaphore is only a hint: ``wseq`` is the truth, so a stale count
     (a post that raced with the reader waking up) costs one extra loop.
     Measured here (2 cores, raw ping-pong of relay's bytes, median µs

@@ -163,6 +163,57 @@ def test_ring_wraps_and_grows_under_a_lagging_reader(zero_copy: bool) -> None:
         listener.close()
 
 
+@pytest.mark.parametrize("zero_copy", [False, True])
+def test_pipelined_traffic_both_ways_never_overwrites_unread_or_held_records(
+        zero_copy: bool) -> None:
+    """Bursts each way through small, growing rings: the writer trusts the peer's
+    ``wack`` (releases told along with its answers) and must never reuse space
+    still unread, or still viewed by a zero-copy caller until its next recv."""
+    listener, client, server = pair("shm://0?segment_size=4096", zero_copy=zero_copy)
+    rng = np.random.default_rng(7)
+    rounds = [[int(n) for n in rng.integers(0, 9000, int(k))]
+              for k in rng.integers(1, 5, 60)]
+    errors: list[BaseException] = []
+
+    def body(tag: int, i: int, n: int) -> bytes:
+        return bytes([(tag * 131 + i * 7 + j) % 251 for j in range(min(n, 600))]) + \
+            bytes([tag]) * max(n - 600, 0)
+
+    def serve() -> None:
+        try:
+            for r, sizes in enumerate(rounds):
+                for i, n in enumerate(sizes):  # (a zero-copy view lasts until the next recv)
+                    head, data = server.recv(5.0)
+                    assert bytes(head) == f"{r}:{i}".encode()
+                    assert bytes(data) == body(1, i, n)
+                for i, n in enumerate(sizes):
+                    server.send([f"{r}:{i}".encode(), body(2, i, n)])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        held = None
+        for r, sizes in enumerate(rounds):
+            for i, n in enumerate(sizes):
+                client.send([f"{r}:{i}".encode(), body(1, i, n)])
+            if held is not None:  # the server answers meanwhile: the view must stay intact
+                time.sleep(0.002)
+                assert bytes(held[1]) == held[0]
+            for i, n in enumerate(sizes):
+                head, data = client.recv(5.0)
+                assert bytes(head) == f"{r}:{i}".encode()
+                assert bytes(data) == body(2, i, n)
+                held = (bytes(data), data)
+        thread.join(10)
+        assert not errors
+    finally:
+        client.close()
+        server.close()
+        listener.close()
+
+
 def test_copies_are_fresh_and_zero_copy_views_the_segment() -> None:
     listener, client, server = pair()
     try:
