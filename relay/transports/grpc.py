@@ -16,6 +16,28 @@ Server side, every incoming call becomes a :class:`GrpcChannel` returned by
 and :meth:`GrpcTransport.connect` returns only when it has arrived, so a
 connected channel is an accepted one.
 
+Threads and wake-ups (each thread hand-off costs 50-100 µs on a loaded VM,
+more than relay's own work per step, so the hot path has none of ours):
+
+* ``recv`` waits in the calling thread on the call's own condition variable,
+  which grpcio's completion-queue thread notifies when a message arrives, as
+  grpcio's blocking iterators do but with a deadline (``_CallReader``,
+  ``_RequestReader``); it first polls for up to ``?spin=`` microseconds
+  (default :data:`~relay.transports.base.DEFAULT_SPIN_US`) so the wake-up is
+  usually not a sleep;
+* a server serves each call through grpcio's non-blocking stream handler (the
+  ``experimental_non_blocking`` mechanism of grpcio's health service): no
+  pool thread is held per client, and ``send`` starts the send operation in
+  the calling thread without waiting for the write to finish
+  (``_ResponseSender``);
+* a client's ``send`` queues the message for the request thread grpcio runs
+  per call (as grpcio's own API does).
+
+These readers and the server's sender use grpcio internals (``_state`` of a
+call, cygrpc operations), checked when a call starts; with a grpcio whose
+internals differ, a helper thread per channel reads and grpcio's blocking send
+callback (or a response generator) sends instead: the same behaviour, slower.
+
 Limits and liveness:
 
 * gRPC's 4 MiB message limit is raised to ``settings.max_message_size`` plus
@@ -34,6 +56,8 @@ URL options (query) of this transport, besides relay's settings:
 ``keepalive_timeout``    seconds to wait for a ping's answer (default 5).
 ``max_clients``          server: most simultaneous channels (default 64); the
                          next client gets ``ConnectError``.
+``spin``                 microseconds ``recv`` polls before it sleeps (default
+                         250; 0: never poll, no CPU spent while idle).
 
 ``grpcs://`` adds TLS (paths to PEM files; each option may also come from the
 environment variable ``RELAY_TLS_<NAME>``, e.g. ``RELAY_TLS_CA``):
@@ -65,9 +89,10 @@ import os
 import queue
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -82,7 +107,20 @@ from relay.core.errors import (
     TransportError,
 )
 from relay.core.url import URL
-from relay.transports.base import message_size
+from relay.transports.base import message_size, spin_ns, spin_until
+
+try:  # grpcio internals behind the in-thread timed reads (_CallReader, _RequestReader)
+    from grpc import _channel as _grpc_channel
+    from grpc import _server as _grpc_server
+    from grpc._cython import cygrpc as _cygrpc
+
+    _RECEIVE = _cygrpc.OperationType.receive_message
+    _REQUEST_TOKEN = _grpc_server._RECEIVE_MESSAGE_TOKEN
+    _SEND_TOKEN = _grpc_server._SEND_MESSAGE_TOKEN
+    _INTERNALS = callable(getattr(_grpc_channel, "_event_handler", None))
+except (ImportError, AttributeError):  # another grpcio: the threaded fallback
+    _INTERNALS = False
+_NON_BLOCKING = True  # serve calls with grpcio's non-blocking stream handler (tests turn it off)
 
 __all__ = ["METHOD", "GrpcChannel", "GrpcListener", "GrpcTransport", "pack", "tls_file", "unpack"]
 
@@ -210,24 +248,240 @@ def _rpc_error_text(exc: BaseException) -> str:
     return repr(exc)
 
 
+def _spin(arrived: Callable[[], bool], budget_ns: int, timeout: float | None) -> float | None:
+    """Poll ``arrived`` for up to ``budget_ns`` (within ``timeout``); the timeout left."""
+    if not budget_ns or timeout == 0 or arrived():
+        return timeout
+    if timeout is None:
+        spin_until(arrived, budget_ns)
+        return None
+    start = time.perf_counter_ns()
+    spin_until(arrived, min(budget_ns, int(timeout * 1e9)))
+    return max(0.0, timeout - (time.perf_counter_ns() - start) / 1e9)
+
+
+class _ThreadReader:
+    """Timed reads of a blocking message iterator through a helper thread.
+
+    The portable fallback of :class:`_CallReader` and :class:`_RequestReader`
+    (used when grpcio's internals differ from those they rely on): one thread
+    pulls the iterator into a queue, which ``next`` waits on.  Costs one
+    thread wake-up per message.
+    """
+
+    def __init__(self, messages: Iterator[bytes]) -> None:
+        self._messages = messages
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        try:
+            for data in self._messages:
+                self._inbox.put(data)
+            self._inbox.put(None)
+        except BaseException as exc:  # handed to the reader: grpc.RpcError or a torn-down call
+            self._inbox.put(exc)
+
+    def next(self, timeout: float | None) -> bytes | None:
+        """The next message, None once the stream ended.  Raises Timeout, the iterator's error."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="relay-grpc-read", daemon=True)
+            self._thread.start()
+        try:
+            item = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            raise Timeout(f"no message within {timeout} s") from None
+        if isinstance(item, BaseException):
+            self._inbox.put(item)  # every later call fails alike
+            raise item
+        if item is None:
+            self._inbox.put(None)
+        return item
+
+    def wake(self) -> None:
+        self._inbox.put(None)
+
+
+class _CallReader:
+    """Timed reads of a client call's responses in the calling thread.
+
+    Does what grpcio's ``_MultiThreadedRendezvous.__next__`` does (start one
+    receive operation, wait on the call's condition until the channel's spin
+    thread delivers the message) but with a deadline, so no thread of ours
+    sits between gRPC and ``recv``.  A receive that timed out stays pending
+    and is the one the next call waits for.
+    """
+
+    def __init__(self, call: Any, spin: int) -> None:
+        self._state = call._state
+        self._core = call._call
+        self._handler = _grpc_channel._event_handler(call._state, None)
+        self._spin = spin
+        self.closed = False
+
+    def _arrived(self) -> bool:
+        return self._state.response is not None or _RECEIVE not in self._state.due
+
+    @staticmethod
+    def usable(call: Any) -> bool:
+        state = getattr(call, "_state", None)
+        return (_INTERNALS and hasattr(call, "_call") and hasattr(state, "condition")
+                and hasattr(state, "due") and hasattr(state, "response"))
+
+    def next(self, timeout: float | None) -> bytes | None:
+        """The next message, None once the stream ended.  Raises Timeout."""
+        state = self._state
+        with state.condition:
+            if state.response is None and _RECEIVE not in state.due:
+                if state.code is not None:
+                    return None
+                state.due.add(_RECEIVE)
+                if not self._core.operate((_cygrpc.ReceiveMessageOperation(0),), self._handler):
+                    state.due.discard(_RECEIVE)
+                    return None
+        timeout = _spin(self._arrived, self._spin, timeout)
+        with state.condition:
+            if not state.condition.wait_for(
+                lambda: state.response is not None or _RECEIVE not in state.due or self.closed,
+                timeout,
+            ):
+                raise Timeout(f"no message within {timeout} s")
+            response, state.response = state.response, None
+            return response  # type: ignore[no-any-return]
+
+    def wake(self) -> None:
+        self.closed = True
+        with self._state.condition:
+            self._state.condition.notify_all()
+
+    def status(self) -> str:
+        """The call's final status as ``" (CODE: details)"``, once known (within 0.5 s)."""
+        state = self._state
+        with state.condition:
+            state.condition.wait_for(lambda: state.code is not None, 0.5)
+            if state.code is None:
+                return ""
+            return f" ({state.code.name}: {state.details})"
+
+
+class _RequestReader:
+    """Timed reads of a server call's requests in the calling thread.
+
+    What grpcio's ``_RequestIterator.__next__`` does, with a deadline (see
+    :class:`_CallReader`).
+    """
+
+    def __init__(self, requests: Any, spin: int) -> None:
+        self._requests = requests
+        self._state = requests._state
+        self._spin = spin
+        self.closed = False
+
+    def _arrived(self) -> bool:
+        state = self._state
+        return (state.request is not None or _REQUEST_TOKEN not in state.due
+                or state.client == "cancelled")
+
+    @staticmethod
+    def usable(requests: Any) -> bool:
+        state = getattr(requests, "_state", None)
+        return (_INTERNALS and hasattr(requests, "_raise_or_start_receive_message")
+                and hasattr(requests, "_look_for_request") and hasattr(state, "condition")
+                and hasattr(state, "due") and hasattr(state, "request")
+                and hasattr(state, "client"))
+
+    def next(self, timeout: float | None) -> bytes | None:
+        """The next message, None once the stream ended.  Raises Timeout, grpc.RpcError."""
+        state = self._state
+        requests = self._requests
+        with state.condition:
+            try:
+                if state.request is None and _REQUEST_TOKEN not in state.due:
+                    requests._raise_or_start_receive_message()
+            except StopIteration:
+                return None
+        timeout = _spin(self._arrived, self._spin, timeout)
+        with state.condition:
+            try:
+                if not state.condition.wait_for(
+                    lambda: (state.request is not None or _REQUEST_TOKEN not in state.due
+                             or state.client == "cancelled" or self.closed),
+                    timeout,
+                ):
+                    raise Timeout(f"no message within {timeout} s")
+                return requests._look_for_request()  # type: ignore[no-any-return]
+            except StopIteration:
+                return None
+
+    def wake(self) -> None:
+        self.closed = True
+        with self._state.condition:
+            self._state.condition.notify_all()
+
+
+class _ResponseSender:
+    """A server call's sends that do not wait for gRPC to finish writing.
+
+    grpcio's own ``send_response`` blocks until the message is written, a
+    thread wake-up (~100-200 µs here) on the serving thread between a reply
+    and the next ``recv``.  This starts the same send operation and returns;
+    the next send (or the close) first waits for the previous one, as gRPC
+    allows one send in flight per call.
+    """
+
+    def __init__(self, context: Any, send_response: Any) -> None:
+        self._state = context._state
+        self._call = context._rpc_event.call
+        self._done = _grpc_server._send_message(self._state, _SEND_TOKEN)
+        self._send_response = send_response
+
+    @staticmethod
+    def usable(context: Any) -> bool:
+        state = getattr(context, "_state", None)
+        return (_INTERNALS and hasattr(getattr(context, "_rpc_event", None), "call")
+                and hasattr(state, "condition") and hasattr(state, "due")
+                and hasattr(state, "statused") and hasattr(state, "client"))
+
+    def _idle(self) -> bool:
+        state = self._state
+        return _SEND_TOKEN not in state.due or state.client == "cancelled" or state.statused
+
+    def send(self, data: bytes) -> None:
+        state = self._state
+        with state.condition:
+            state.condition.wait_for(self._idle)
+            if state.client == "cancelled" or state.statused:
+                raise ConnectionLost("the gRPC call has ended")
+            self._call.start_server_batch((_cygrpc.SendMessageOperation(data, 0),), self._done)
+            state.due.add(_SEND_TOKEN)
+
+    def close(self) -> None:
+        with self._state.condition:
+            self._state.condition.wait_for(self._idle, 5.0)
+        self._send_response(None)  # status OK: the end of the stream
+
+
 class GrpcChannel:
     """One relay channel over one gRPC bidirectional stream (either side).
 
-    Outgoing messages go through a queue that gRPC drains (the request
-    iterator on a client, the response iterator on a server); incoming ones
-    are read by one thread per channel into an inbox, so ``recv`` can wait
-    with a timeout.
+    ``recv`` waits for gRPC's own delivery of the next message in the calling
+    thread (``_CallReader``/``_RequestReader``, or a ``_ThreadReader``).  A
+    client's messages go through a queue that gRPC's request thread drains; a
+    server sends from the calling thread (``_ResponseSender``, or grpcio's send
+    callback, or a response generator fed by the queue).
     """
 
     def __init__(self, limit: int, side: str) -> None:
         self._limit = limit
         self._side = side
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._send: Callable[[bytes], Any] = self._outbox.put
+        self._reader: Any = None
         self._closed = False
         self._lost: BaseException | None = None
-        self._ready = threading.Event()
         self._on_close: list[Any] = []
+        self._close_lock = threading.Lock()
+        self._stream_closed = False
 
     # -- driven by gRPC -------------------------------------------------------
     def _outgoing(self) -> Iterator[bytes]:
@@ -237,29 +491,13 @@ class GrpcChannel:
                 return
             yield item
 
-    def _read(self, messages: Iterator[bytes]) -> None:
-        try:
-            for data in messages:
-                self._inbox.put(data)
-            self._inbox.put(ConnectionLost(f"the {self._peer} ended the stream"))
-        except grpc.RpcError as exc:
-            lost = ConnectionLost(f"gRPC stream to the {self._peer} failed: {_rpc_error_text(exc)}")
-            lost.__cause__ = exc
-            self._inbox.put(lost)
-        except Exception as exc:  # grpc raises plain exceptions on a torn-down call
-            lost = ConnectionLost(f"gRPC stream to the {self._peer} failed: {exc!r}")
-            lost.__cause__ = exc
-            self._inbox.put(lost)
-        finally:  # the call is over: let gRPC's thread waiting for our next message go
-            self._outbox.put(_END)
-
     @property
     def _peer(self) -> str:
         return "server" if self._side == "client" else "client"
 
     # -- Channel --------------------------------------------------------------
     def send(self, frames: Sequence[Buffer]) -> None:
-        """Queue one message for sending.  Raises ConnectionLost, MessageTooLarge."""
+        """Send one message.  Raises ConnectionLost, MessageTooLarge."""
         if self._closed:
             raise ConnectionLost("grpc channel is closed")
         if self._lost is not None:
@@ -267,7 +505,10 @@ class GrpcChannel:
         size = message_size(frames)
         if size > self._limit:
             raise MessageTooLarge(size, self._limit)
-        self._outbox.put(pack(frames))
+        try:
+            self._send(pack(frames))
+        except Exception as exc:  # grpc raises plain exceptions on a torn-down call
+            self._fail(ConnectionLost(f"gRPC stream to the {self._peer} failed: {exc!r}"), exc)
 
     def recv(self, timeout: float | None = None) -> list[Buffer]:
         """The next message, within ``timeout`` seconds.  Raises Timeout, ConnectionLost."""
@@ -276,20 +517,30 @@ class GrpcChannel:
         if self._lost is not None:
             raise ConnectionLost(str(self._lost)) from self._lost.__cause__
         try:
-            item = self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            raise Timeout(f"no message within {timeout} s") from None
-        if isinstance(item, ConnectionLost):
-            self._lost = item
-            self._outbox.put(_END)
-            raise item
+            data = self._reader.next(timeout)
+        except Timeout:
+            raise
+        except grpc.RpcError as exc:
+            self._fail(ConnectionLost(
+                f"gRPC stream to the {self._peer} failed: {_rpc_error_text(exc)}"), exc)
+        except Exception as exc:  # grpc raises plain exceptions on a torn-down call
+            self._fail(ConnectionLost(f"gRPC stream to the {self._peer} failed: {exc!r}"), exc)
+        if data is None:
+            if self._closed:
+                raise ConnectionLost("grpc channel is closed")
+            status = getattr(self._reader, "status", lambda: "")()
+            self._fail(ConnectionLost(f"the {self._peer} ended the stream{status}"), None)
         try:
-            return unpack(item)  # type: ignore[return-value]
+            return unpack(data)  # type: ignore[return-value]
         except (ValueError, struct.error) as exc:
-            self._lost = ConnectionLost(f"malformed relay message from the {self._peer}: {exc}")
-            self._lost.__cause__ = exc
-            self._close_stream()
-            raise self._lost from exc
+            self._fail(ConnectionLost(f"malformed relay message from the {self._peer}: {exc}"),
+                       exc)
+
+    def _fail(self, lost: ConnectionLost, cause: BaseException | None) -> NoReturn:
+        lost.__cause__ = cause
+        self._lost = lost
+        self._close_stream()
+        raise lost
 
     def close(self) -> None:
         """End the stream (the peer sees ConnectionLost); idempotent."""
@@ -299,8 +550,14 @@ class GrpcChannel:
         self._close_stream()
 
     def _close_stream(self) -> None:
+        with self._close_lock:
+            if self._stream_closed:
+                return
+            self._stream_closed = True
+            callbacks, self._on_close = self._on_close, []
         self._outbox.put(_END)
-        callbacks, self._on_close = self._on_close, []
+        if self._reader is not None:
+            self._reader.wake()
         for callback in callbacks:
             try:
                 callback()
@@ -316,6 +573,9 @@ class GrpcListener:
         self._pending: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
         self._max_clients = int(url.query.get("max_clients", "64"))
+        self._open_calls = 0
+        self._spin = spin_ns(url)
+        self._count_lock = threading.Lock()
         if self._max_clients < 1:
             raise ConfigError("URL option max_clients must be at least 1")
         self._pool = ThreadPoolExecutor(max_workers=self._max_clients + 1,
@@ -325,8 +585,13 @@ class GrpcListener:
             options=_options(url, settings, server=True),
             maximum_concurrent_rpcs=self._max_clients,
         )
+        def handle(requests: Iterator[bytes], context: grpc.ServicerContext,
+                   send_response: Any = None) -> Iterator[bytes] | None:
+            return self._handle(requests, context, send_response)
+
+        handle.experimental_non_blocking = _NON_BLOCKING  # type: ignore[attr-defined]
         handler = grpc.method_handlers_generic_handler(
-            SERVICE, {"Channel": grpc.stream_stream_rpc_method_handler(self._handle)}
+            SERVICE, {"Channel": grpc.stream_stream_rpc_method_handler(handle)}
         )
         self._server.add_generic_rpc_handlers((handler,))
         target = _target(url)
@@ -352,16 +617,49 @@ class GrpcListener:
         query = {k: v for k, v in url.query.items() if k not in _SERVER_ONLY_OPTIONS}
         self._address = url.set(address=f"{host}:{port}", query=query)
 
-    def _handle(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+    def _handle(self, requests: Iterator[bytes], context: grpc.ServicerContext,
+                send_response: Any = None) -> Iterator[bytes] | None:
+        """One incoming call becomes a channel for ``accept``.
+
+        grpcio calls this with ``send_response`` because of the
+        ``experimental_non_blocking`` attribute set in ``__init__`` (the
+        mechanism of grpcio's own health service): the channel then sends from
+        the thread that calls ``send`` and this pool thread returns at once.
+        Without it (another grpcio), the returned generator is the response
+        stream, fed by ``send`` through a queue.
+        """
         channel = GrpcChannel(self._settings.max_message_size, "server")
         if self._closed:
             context.abort(grpc.StatusCode.UNAVAILABLE, "relay listener is closed")
+        with self._count_lock:  # grpcio's maximum_concurrent_rpcs counts busy handler threads
+            if self._open_calls >= self._max_clients:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"relay server has reached max_clients={self._max_clients}")
+            self._open_calls += 1
+        reader: Any = (_RequestReader(requests, self._spin) if _RequestReader.usable(requests)
+                       else _ThreadReader(requests))
+        channel._reader = reader
+
+        def ended() -> None:
+            reader.wake()
+            with self._count_lock:
+                self._open_calls -= 1
+
+        if not context.add_callback(ended):
+            ended()
+            context.abort(grpc.StatusCode.CANCELLED, "the call ended before it was accepted")
         context.send_initial_metadata(((_ACCEPTED_KEY, "grpc"),))
-        context.add_callback(
-            lambda: channel._inbox.put(ConnectionLost("the client's gRPC call ended"))
-        )
-        threading.Thread(target=channel._read, args=(requests,), name="relay-grpc-read",
-                         daemon=True).start()
+        if send_response is not None and _ResponseSender.usable(context):
+            sender = _ResponseSender(context, send_response)
+            channel._send = sender.send
+            channel._on_close.append(sender.close)
+            self._pending.put(channel)
+            return None
+        if send_response is not None:
+            channel._send = send_response
+            channel._on_close.append(lambda: send_response(None))  # status OK: end of stream
+            self._pending.put(channel)
+            return None
         self._pending.put(channel)
         return channel._outgoing()
 
@@ -441,20 +739,19 @@ class GrpcTransport:
             raise ConnectError(f"cannot open a gRPC stream to {url.render()}: {exc!r}") from exc
         channel._on_close.append(call.cancel)
         channel._on_close.append(grpc_channel.close)
-        accepted = threading.Event()
         metadata: list[Any] = []
 
-        def read() -> None:
+        def wait_accepted() -> None:
             try:
                 # returns once the server accepted (or refused) the stream
                 metadata.extend(call.initial_metadata() or ())
-            except Exception:  # grpc.RpcError: the reader below reports it
+            except Exception:  # grpc.RpcError: told below
                 pass
-            accepted.set()
-            channel._read(call)
 
-        threading.Thread(target=read, name="relay-grpc-read", daemon=True).start()
-        if not accepted.wait(timeout):
+        waiter = threading.Thread(target=wait_accepted, name="relay-grpc-connect", daemon=True)
+        waiter.start()
+        waiter.join(timeout)
+        if waiter.is_alive():
             channel._close_stream()
             raise ConnectError(
                 f"cannot connect to {url.render()}: no gRPC server answered within {timeout} s"
@@ -468,4 +765,6 @@ class GrpcTransport:
                 pass
             raise ConnectError(f"cannot connect to {url.render()}: the server refused the "
                                f"stream {detail}".rstrip())
+        channel._reader = (_CallReader(call, spin_ns(url)) if _CallReader.usable(call)
+                           else _ThreadReader(call))
         return channel

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -19,10 +20,11 @@ from gymnasium.utils.env_match import check_environments_match
 
 import relay
 from relay.core.config import Settings
-from relay.core.errors import ConfigError, ConnectError, ConnectionLost, TransportError
+from relay.core.errors import ConfigError, ConnectError, ConnectionLost, Timeout, TransportError
 from relay.core.plugins import get_transport
 from relay.core.url import make_url
 from relay.testing import TransportCompliance
+from relay.transports import grpc as grpc_transport
 from relay.transports.grpc import pack, unpack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +61,87 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 class TestGrpc(TransportCompliance):
     url = "grpc://127.0.0.1:0"
     unreachable_url = "grpc://127.0.0.1:1"
+
+
+class TestGrpcPortable(TransportCompliance):
+    """The fallback for a grpcio whose internals differ: reads through a helper thread,
+    sends through grpcio's blocking send callback."""
+
+    url = "grpc://127.0.0.1:0"
+    unreachable_url = "grpc://127.0.0.1:1"
+
+    @pytest.fixture(autouse=True)
+    def _portable(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(grpc_transport, "_INTERNALS", False)
+
+
+class TestGrpcGenerator(TestGrpcPortable):
+    """The fallback without grpcio's non-blocking handlers: a generator streams the replies."""
+
+    @pytest.fixture(autouse=True)
+    def _generator(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(grpc_transport, "_NON_BLOCKING", False)
+
+
+@pytest.mark.parametrize("internals", [True, False])
+@pytest.mark.parametrize("closing", ["client", "server"])
+def test_close_from_another_thread_ends_a_waiting_recv(
+        monkeypatch: pytest.MonkeyPatch, internals: bool, closing: str) -> None:
+    monkeypatch.setattr(grpc_transport, "_INTERNALS", internals)
+    transport = get_transport("grpc")
+    listener = transport.listen(make_url("grpc://127.0.0.1:0"), Settings())
+    try:
+        client = transport.connect(listener.address, Settings(), timeout=5.0)
+        server = listener.accept(5.0)
+        channel = client if closing == "client" else server
+        timer = threading.Timer(0.2, channel.close)
+        timer.start()
+        start = time.monotonic()
+        with pytest.raises(ConnectionLost):
+            channel.recv(10.0)
+        assert time.monotonic() - start < 2.0
+        timer.join()
+        client.close()
+        server.close()
+    finally:
+        listener.close()
+
+
+def test_last_message_before_close_arrives() -> None:
+    """A reply sent just before the server hangs up (e.g. an Error) reaches the client."""
+    transport = get_transport("grpc")
+    listener = transport.listen(make_url("grpc://127.0.0.1:0"), Settings())
+    try:
+        client = transport.connect(listener.address, Settings(), timeout=5.0)
+        server = listener.accept(5.0)
+        big = np.arange(300_000, dtype=np.uint8).tobytes()
+        server.send([b"first", big])
+        server.send([b"last"])
+        server.close()
+        assert bytes(client.recv(5.0)[1]) == big
+        assert bytes(client.recv(5.0)[0]) == b"last"
+        with pytest.raises(ConnectionLost):
+            client.recv(5.0)
+        client.close()
+    finally:
+        listener.close()
+
+
+def test_recv_timeout_is_kept_while_spinning() -> None:
+    transport = get_transport("grpc")
+    listener = transport.listen(make_url("grpc://127.0.0.1:0?spin=5000"), Settings())
+    try:
+        client = transport.connect(listener.address, Settings(), timeout=5.0)
+        server = listener.accept(5.0)
+        for channel in (client, server):
+            start = time.monotonic()
+            with pytest.raises(Timeout):
+                channel.recv(0.001)
+            assert time.monotonic() - start < 0.5
+        client.close()
+        server.close()
+    finally:
+        listener.close()
 
 
 class TestGrpcs(TransportCompliance):
