@@ -30,13 +30,17 @@ more than relay's own work per step, so the hot path has none of ours):
   pool thread is held per client, and ``send`` starts the send operation in
   the calling thread without waiting for the write to finish
   (``_ResponseSender``);
-* a client's ``send`` queues the message for the request thread grpcio runs
-  per call (as grpcio's own API does).
+* a client's ``send`` also starts the send operation in the calling thread
+  (``_RequestSender``) instead of queueing it for the request thread grpcio
+  runs per call, which then only ends the stream on close.
 
-These readers and the server's sender use grpcio internals (``_state`` of a
-call, cygrpc operations), checked when a call starts; with a grpcio whose
-internals differ, a helper thread per channel reads and grpcio's blocking send
-callback (or a response generator) sends instead: the same behaviour, slower.
+A send waits only for the previous send of its channel to finish (gRPC allows
+one in flight), i.e. for a peer that stopped reading until keepalive ends the
+call.  These readers and senders use grpcio internals (``_state`` of a call,
+cygrpc operations), checked when a call starts; with a grpcio whose internals
+differ, a helper thread per channel reads, a client's messages go through
+grpcio's request thread and a server's through grpcio's blocking send callback
+(or a response generator): the same behaviour, slower.
 
 Limits and liveness:
 
@@ -115,6 +119,7 @@ try:  # grpcio internals behind the in-thread timed reads (_CallReader, _Request
     from grpc._cython import cygrpc as _cygrpc
 
     _RECEIVE = _cygrpc.OperationType.receive_message
+    _SEND = _cygrpc.OperationType.send_message
     _REQUEST_TOKEN = _grpc_server._RECEIVE_MESSAGE_TOKEN
     _SEND_TOKEN = _grpc_server._SEND_MESSAGE_TOKEN
     _INTERNALS = callable(getattr(_grpc_channel, "_event_handler", None))
@@ -364,6 +369,36 @@ class _CallReader:
             return f" ({state.code.name}: {state.details})"
 
 
+class _RequestSender:
+    """A client call's sends started in the calling thread.
+
+    grpcio's own way (a request iterator drained by a thread per call) costs a
+    thread wake-up before each message leaves.  This starts the send operation
+    at once; the next send first waits for the previous one to finish (one
+    send in flight per call, as gRPC requires).  The request iterator grpcio
+    drains then only ends the stream (on close).
+    """
+
+    def __init__(self, call: Any) -> None:
+        self._state = call._state
+        self._core = call._call
+        self._handler = _grpc_channel._event_handler(call._state, None)
+
+    def _idle(self) -> bool:
+        return _SEND not in self._state.due or self._state.code is not None
+
+    def send(self, data: bytes) -> None:
+        state = self._state
+        with state.condition:
+            state.condition.wait_for(self._idle)
+            if state.code is None and not state.cancelled:
+                state.due.add(_SEND)
+                if self._core.operate((_cygrpc.SendMessageOperation(data, 0),), self._handler):
+                    return
+                state.due.discard(_SEND)
+        raise ConnectionLost("the gRPC call has ended")
+
+
 class _RequestReader:
     """Timed reads of a server call's requests in the calling thread.
 
@@ -465,10 +500,10 @@ class GrpcChannel:
     """One relay channel over one gRPC bidirectional stream (either side).
 
     ``recv`` waits for gRPC's own delivery of the next message in the calling
-    thread (``_CallReader``/``_RequestReader``, or a ``_ThreadReader``).  A
-    client's messages go through a queue that gRPC's request thread drains; a
-    server sends from the calling thread (``_ResponseSender``, or grpcio's send
-    callback, or a response generator fed by the queue).
+    thread (``_CallReader``/``_RequestReader``, or a ``_ThreadReader``) and
+    ``send`` starts the send there (``_RequestSender``/``_ResponseSender``, or
+    grpcio's request thread, send callback or a response generator fed by a
+    queue).
     """
 
     def __init__(self, limit: int, side: str) -> None:
@@ -765,6 +800,9 @@ class GrpcTransport:
                 pass
             raise ConnectError(f"cannot connect to {url.render()}: the server refused the "
                                f"stream {detail}".rstrip())
-        channel._reader = (_CallReader(call, spin_ns(url)) if _CallReader.usable(call)
-                           else _ThreadReader(call))
+        if _CallReader.usable(call):
+            channel._reader = _CallReader(call, spin_ns(url))
+            channel._send = _RequestSender(call).send
+        else:
+            channel._reader = _ThreadReader(call)
         return channel
