@@ -47,6 +47,11 @@ class RemoteEnv(gym.Env):
             them here in a pygame window after every reset and step.
         codec, timeout, connect_timeout, max_message_size, token, zero_copy:
             settings, see :class:`relay.core.config.Settings`.
+        connection: an open connection to ``url`` to share (another env's
+            ``.connection``): this env makes its own instance on it, and
+            ``close`` leaves the connection open for its owner.  Requests of
+            envs sharing a connection are answered in order by one server
+            thread.  None (default): a connection of its own.
         **env_kwargs: keyword arguments of the remote ``gymnasium.make``.
 
     Raises:
@@ -69,6 +74,7 @@ class RemoteEnv(gym.Env):
         max_message_size: int | None = None,
         token: str | None = None,
         zero_copy: bool | None = None,
+        connection: ClientConnection | None = None,
         **env_kwargs: Any,
     ) -> None:
         self.url = make_url(url)
@@ -88,13 +94,16 @@ class RemoteEnv(gym.Env):
             env_kwargs["render_mode"] = "rgb_array"
         elif render_mode is not None:
             env_kwargs["render_mode"] = render_mode
-        self.connection = ClientConnection.open(self.url, self.settings)
+        self._owns_connection = connection is None
+        self.connection = (ClientConnection.open(self.url, self.settings)
+                           if connection is None else connection)
         self._instance: int | None = None
         try:
             made = self.connection.call(Make(env_id=env_id, kwargs=env_kwargs),
                                         timeout=max(self.settings.timeout, 60.0))
         except BaseException:
-            self.connection.close()
+            if self._owns_connection:
+                self.connection.close()
             raise
         assert isinstance(made, Made)
         self._instance = made.instance
@@ -148,7 +157,8 @@ class RemoteEnv(gym.Env):
         return answer.frame
 
     def close(self) -> None:
-        """Close the remote env and the connection; idempotent, also after ConnectionLost."""
+        """Close the remote env and its own connection (not a shared one); idempotent,
+        also after ConnectionLost."""
         instance, self._instance = self._instance, None
         try:
             if instance is not None and not self.connection.closed:
@@ -157,7 +167,8 @@ class RemoteEnv(gym.Env):
         except RelayError:
             pass
         finally:
-            self.connection.close()
+            if self._owns_connection:
+                self.connection.close()
             if self._window is not None:
                 self._window.close()
         super().close()

@@ -246,7 +246,8 @@ def test_the_others_results_are_kept_when_one_sub_env_fails(serve_tcp):
 
 def test_timeout_in_one_sub_env_then_late_answer_dropped(serve_tcp):
     server = serve_tcp(faulty)
-    remote = relay.make_vec(server.address, num_envs=3, timeout=0.3)
+    # a connection each: sub-env 2's answer does not wait behind sub-env 1's
+    remote = relay.make_vec(server.address, num_envs=3, timeout=0.3, share_connections=False)
     try:
         remote.reset()
         start = time.monotonic()
@@ -262,6 +263,29 @@ def test_timeout_in_one_sub_env_then_late_answer_dropped(serve_tcp):
         assert remote.envs[0].connection.session.dropped == 0
     finally:
         remote.close()
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_sub_envs_on_one_url_share_a_connection_unless_asked(serve_tcp, share):
+    a, b = serve_tcp("CartPole-v1"), serve_tcp("CartPole-v1")
+    remote = relay.make_vec([a.address, b.address], num_envs=4, share_connections=share)
+    local = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 4)
+    try:
+        connections = [env.connection for env in remote.envs]
+        assert (connections[0] is connections[2]) == share
+        assert (connections[1] is connections[3]) == share
+        assert connections[0] is not connections[1]
+        obs, _ = remote.reset(seed=7)
+        np.testing.assert_array_equal(obs, local.reset(seed=7)[0])
+        for t in range(60):
+            actions = np.array([t % 2, 1, 0, (t // 3) % 2])
+            got, want = remote.step(actions), local.step(actions)
+            for g, w in zip(got[:4], want[:4], strict=True):
+                np.testing.assert_array_equal(g, w)
+    finally:
+        remote.close()
+        local.close()
+    assert all(connection.closed for connection in connections)
 
 
 def test_close_is_idempotent_and_survives_a_dead_server(serve_tcp):
