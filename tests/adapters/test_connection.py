@@ -132,3 +132,19 @@ def test_an_answer_that_came_in_time_is_taken_even_when_read_late(connection):
     assert isinstance(connection.receive(second), Transition)
     assert isinstance(connection.receive(first), Transition)
     assert connection.session.dropped == 0
+
+
+def test_remote_envs_sharing_a_connection():
+    server = relay.serve("CartPole-v1", "memory://0")
+    owner = relay.make(server.address)
+    guest = relay.make(server.address, connection=owner.connection)
+    try:
+        assert guest.connection is owner.connection and guest.instance != owner.instance
+        assert not np.array_equal(owner.reset(seed=1)[0], guest.reset(seed=2)[0])
+        guest.close()  # its instance goes, the shared connection stays open
+        assert not owner.connection.closed
+        assert isinstance(owner.step(0)[0], np.ndarray)
+    finally:
+        owner.close()
+        server.close()
+    assert owner.connection.closed
