@@ -344,11 +344,11 @@ class _CallReader:
                 if not self._core.operate((_cygrpc.ReceiveMessageOperation(0),), self._handler):
                     state.due.discard(_RECEIVE)
                     return None
-        timeout = _spin(self._arrived, self._spin, timeout)
+        left = _spin(self._arrived, self._spin, timeout)
         with state.condition:
             if not state.condition.wait_for(
                 lambda: state.response is not None or _RECEIVE not in state.due or self.closed,
-                timeout,
+                left,
             ):
                 raise Timeout(f"no message within {timeout} s")
             response, state.response = state.response, None
@@ -396,7 +396,7 @@ class _RequestSender:
                 if self._core.operate((_cygrpc.SendMessageOperation(data, 0),), self._handler):
                     return
                 state.due.discard(_SEND)
-        raise ConnectionLost("the gRPC call has ended")
+        raise ConnectionLost(f"the gRPC call has ended ({state.code})")
 
 
 class _RequestReader:
@@ -435,13 +435,13 @@ class _RequestReader:
                     requests._raise_or_start_receive_message()
             except StopIteration:
                 return None
-        timeout = _spin(self._arrived, self._spin, timeout)
+        left = _spin(self._arrived, self._spin, timeout)
         with state.condition:
             try:
                 if not state.condition.wait_for(
                     lambda: (state.request is not None or _REQUEST_TOKEN not in state.due
                              or state.client == "cancelled" or self.closed),
-                    timeout,
+                    left,
                 ):
                     raise Timeout(f"no message within {timeout} s")
                 return requests._look_for_request()  # type: ignore[no-any-return]
@@ -542,8 +542,10 @@ class GrpcChannel:
             raise MessageTooLarge(size, self._limit)
         try:
             self._send(pack(frames))
+        except ConnectionLost:  # the call has ended; recv still returns what arrived before
+            raise
         except Exception as exc:  # grpc raises plain exceptions on a torn-down call
-            self._fail(ConnectionLost(f"gRPC stream to the {self._peer} failed: {exc!r}"), exc)
+            raise ConnectionLost(f"gRPC stream to the {self._peer} failed: {exc!r}") from exc
 
     def recv(self, timeout: float | None = None) -> list[Buffer]:
         """The next message, within ``timeout`` seconds.  Raises Timeout, ConnectionLost."""

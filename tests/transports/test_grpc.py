@@ -127,6 +127,30 @@ def test_last_message_before_close_arrives() -> None:
         listener.close()
 
 
+def test_reply_before_hang_up_survives_a_failed_send() -> None:
+    """A send after the server hung up fails, but the reply sent before is still read."""
+    transport = get_transport("grpc")
+    listener = transport.listen(make_url("grpc://127.0.0.1:0"), Settings())
+    try:
+        client = transport.connect(listener.address, Settings(), timeout=5.0)
+        server = listener.accept(5.0)
+        server.send([b"error reply"])
+        server.close()
+        time.sleep(0.5)
+        try:
+            client.send([b"next request"])
+        except ConnectionLost:
+            pass
+        assert bytes(client.recv(5.0)[0]) == b"error reply"
+        with pytest.raises(ConnectionLost):
+            client.recv(5.0)
+        with pytest.raises(ConnectionLost):
+            client.send([b"again"])
+        client.close()
+    finally:
+        listener.close()
+
+
 def test_recv_timeout_is_kept_while_spinning() -> None:
     transport = get_transport("grpc")
     listener = transport.listen(make_url("grpc://127.0.0.1:0?spin=5000"), Settings())
