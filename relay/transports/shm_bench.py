@@ -64,7 +64,7 @@ RAW_SEM = "raw shm + semaphore"
 RAW_SOCK = "raw shm + socket doorbell"
 SIZE = 1 << 20
 _HEAD = struct.Struct("<QQ")  # seq, length; the reader's "waiting" word at 64; data from 128
-_WAITING = struct.Struct("<Q")  # at byte 64 (no cast view: it would pin the mapping)
+_U64 = struct.Struct("<Q")  # no cast view: it would pin the mapping
 _DATA = 128
 
 
@@ -84,11 +84,15 @@ class _RawEnd:
         n = len(data)
         self.out[_DATA:_DATA + n] = data
         self.wseq += 1
-        _HEAD.pack_into(self.out, 0, self.wseq, n)
+        # the length first, then the sequence word: packing both at once let the
+        # reader see the new sequence with the old length (an empty request ended
+        # the server, and the client waited for ever)
+        _U64.pack_into(self.out, 8, n)
+        _U64.pack_into(self.out, 0, self.wseq)
         if self.kind == "sem":
             self.fence_acquire()  # a full fence, as ShmChannel._wake
             self.fence_release()
-            if _WAITING.unpack_from(self.out, 64)[0]:
+            if _U64.unpack_from(self.out, 64)[0]:
                 self.wake.release()
         else:
             self.wake.send(b"\0")
@@ -110,7 +114,7 @@ class _RawEnd:
                 os.sched_yield()
         if self.kind == "sem":
             if not caught:
-                _WAITING.pack_into(inn, 64, 1)
+                _U64.pack_into(inn, 64, 1)
                 self.fence_acquire()
                 self.fence_release()
                 while _HEAD.unpack_from(inn, 0)[0] < want:
@@ -118,7 +122,7 @@ class _RawEnd:
                         self.waiter.acquire(1.0)
                     except posix_ipc.BusyError:
                         pass
-                _WAITING.pack_into(inn, 64, 0)
+                _U64.pack_into(inn, 64, 0)
         else:
             self.waiter.recv(1)  # every message rings once: consume it
             while _HEAD.unpack_from(inn, 0)[0] < want:
