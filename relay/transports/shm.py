@@ -90,10 +90,18 @@ Wake-up (chosen by benchmark: ``relay/transports/shm_bench.py``)
     hiccup past it costs a 100 µs wake-up here.
     The semaphore is only a hint: ``wseq`` is the truth, so a stale count
     (a post that raced with the reader waking up) costs one extra loop.
-    Measured here (2 cores, raw ping-pong of relay's bytes, median µs
-    S/M/L): semaphore 12-16 / 9-27 / 21-27, UNIX-socket
-    doorbell byte (a send and a recv syscall per message) 16-17 / 15-45 /
-    25-48.  Waking a blocked peer costs 30-100 µs on this VM (futex + IPI),
+    Measured here (2 cores shared with other work, so the spread is the
+    load; median µs per round trip S/M/L, ``relay bench --only shm``): raw
+    ping-pong of relay's bytes with this wake-up 3-18 / 8-19 / 17-27,
+    with a UNIX-socket doorbell byte (a send and a recv syscall per
+    message) 13-21 / 18-33 / 26-53; ``ShmChannel`` itself 5-20 / 12-23 /
+    24-34, 0.6-1.8x / 1.2-1.7x / 1.2-1.5x the raw code in the same run
+    (the most when both sides get a core of their own and the raw code's
+    3 µs round trip shows relay's own Python steps).  Both ends in one
+    process, the CPU per round trip is 4.1 / 6.3 / 12.7 µs against the raw
+    code's 2.3 / 3.8 / 9.8 (it was 8.9 / 11.6 / 22.2 with a slot
+    descriptor, a semaphore post and trywait per message and bytearray
+    slice copies).  Waking a blocked peer costs 30-100 µs on this VM (futex + IPI),
     which is what the spin avoids.  Spinning is used only on x86 (total
     store order makes the ``wseq`` check safe without a fence); elsewhere
     every publication is posted and every message fetched after a semaphore
