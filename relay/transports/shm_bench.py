@@ -297,6 +297,9 @@ def _serve_raw(kind: str) -> None:
             else:
                 end.send(reply)
     finally:  # names first: nothing below may stop them from being unlinked
+        # the client terminates us as soon as it is done: a SIGTERM now would cut
+        # this cleanup short (it left /tmp/rawb-*.sock behind, one per run)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if kind == "sem":
             for sem_name in ("sem_c2s", "sem_s2c"):
                 if sem_name in names:
