@@ -897,28 +897,26 @@ class ShmChannel:
             # Read the record (see the module docstring for its layout); the
             # bounds are checked once, after the loop (slices never overrun).
             count = ctl[w]
-            start = w << 3
-            pos = start + ((8 * (1 + count) + 15) & -16)
+            pos = (w << 3) + ((8 * (1 + count) + 15) & -16)
             if pos > end:
                 raise self._lose("malformed shm record: frame table larger than the record")
             view = self._iview
             frames: list[Buffer] = []
             if self._zero_copy:
-                for i in range(w + 1, w + 1 + count):
-                    stop = pos + ctl[i]
+                for n in ctl[w + 1:w + 1 + count]:
+                    stop = pos + n
                     frames.append(view[pos:stop])
                     pos = (stop + ALIGN - 1) & -ALIGN
                 self._unreleased = True  # released by the next recv
             else:
-                for i in range(w + 1, w + 1 + count):
-                    n = ctl[i]
+                for n in ctl[w + 1:w + 1 + count]:
                     stop = pos + n
                     frames.append(bytearray(view[pos:stop]) if n < POOL_MIN
                                   else self._pool.fill(view[pos:stop]))
                     pos = (stop + ALIGN - 1) & -ALIGN
                 ctl[_R_SEQ] = rseq + 1
             self._rseq = rseq + 1
-            if pos > end or pos - start > self._limit:
+            if pos > end or pos - (w << 3) > self._limit:
                 self._check_record(ctl, w, count, end)
             return frames
         except ValueError:  # a view released by a concurrent close()
