@@ -107,6 +107,26 @@ class TransportCompliance:
             client.recv(0.2)
         assert time.monotonic() - start < 2.0
 
+    def test_recv_zero_takes_a_waiting_message_or_times_out(
+        self, pair: tuple[Channel, Channel]
+    ) -> None:
+        # recv(0) is one look: a driver's last check before it reports a Timeout
+        client, server = pair
+        with pytest.raises(Timeout):
+            client.recv(0)
+        server.send([b"waiting"])
+        deadline = time.monotonic() + 5.0
+        while True:  # a transport may need a moment to move it to the receiver
+            try:
+                frames = client.recv(0)
+                break
+            except Timeout:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        assert bytes(frames[0]) == b"waiting"
+        with pytest.raises(Timeout):
+            client.recv(0)
+
     def test_channel_usable_after_timeout(self, pair: tuple[Channel, Channel]) -> None:
         client, server = pair
         with pytest.raises(Timeout):

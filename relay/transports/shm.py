@@ -984,6 +984,7 @@ class ShmChannel:
         want = self._rseq
         deadline = None if timeout is None else time.monotonic() + timeout
         sem = self._in_sem
+        looked = False
         self._active += 1
         try:
             while True:
@@ -1009,9 +1010,12 @@ class ShmChannel:
                 else:
                     wait = min(deadline - time.monotonic(), SLICE)
                     if wait <= 0:
-                        self._check_peer_alive()
-                        self._learn(ctl, began)
-                        raise Timeout(f"no shm message within {timeout} s")
+                        if looked:
+                            self._check_peer_alive()
+                            self._learn(ctl, began)
+                            raise Timeout(f"no shm message within {timeout} s")
+                        looked = True  # one non-blocking try (recv(0) takes a posted message)
+                        wait = 0.0
                 try:
                     if _SEM_TIMEOUT:
                         sem.acquire(wait)
