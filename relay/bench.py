@@ -362,6 +362,58 @@ def in_process(payloads: Sequence[Payload], steps: int) -> CaseResult:
             env.close()
 
 
+class _LayersOnly(gym.Env):
+    """relay's per-step work without a transport, in one thread: the client's
+    session and codec, the server's codec, session and :class:`EnvHost`, and
+    back (what ``ClientConnection.call`` and ``serve_channel`` do around
+    ``channel.send``/``recv``).  Its row is relay's own CPU cost of a step."""
+
+    def __init__(self, payload: Payload) -> None:
+        from relay.codecs.msgpack import MsgpackCodec
+        from relay.core.messages import Make
+        from relay.core.session import ClientSession, ServerSession
+        from relay.server import EnvHost, gymnasium_factory
+
+        self.codec = MsgpackCodec()
+        self.client = ClientSession()
+        self.server = ServerSession([self.codec.name])
+        self.client.welcome(self.server.hello(self.client.hello()))
+        self.host = EnvHost(gymnasium_factory(None))
+        made = self.host.handle(Make(env_id=payload.env_id, kwargs=dict(payload.env_kwargs)))
+        self.instance = made.instance  # type: ignore[union-attr]
+
+    def _call(self, request: Any) -> Any:
+        codec = self.codec
+        envelope = self.client.request(request, now=0.0, timeout=1e9)
+        received = codec.decode(codec.encode(envelope))
+        answer = self.server.answer(received.id,
+                                    self.host.handle(self.server.request(received)))
+        return self.client.receive(codec.decode(codec.encode(answer)))[1]  # type: ignore[index]
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[Any, dict[str, Any]]:
+        from relay.core.messages import Reset
+
+        answer = self._call(Reset(instance=self.instance, seed=seed, options=options))
+        return answer.obs, answer.info
+
+    def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        from relay.core.messages import Step
+
+        answer = self._call(Step(instance=self.instance, action=action))
+        return answer.obs, answer.reward, answer.terminated, answer.truncated, answer.info
+
+
+@bench_case("relay layers, no transport", group="reference")
+def layers_only(payloads: Sequence[Payload], steps: int) -> CaseResult:
+    for payload in payloads:
+        env = _LayersOnly(payload)
+        try:
+            yield payload.name, time_env(env, steps)
+        finally:
+            env.host.close()
+
+
 def _relay_case(scheme: str) -> Case:
     def run_case(payloads: Sequence[Payload], steps: int) -> CaseResult:
         import relay
