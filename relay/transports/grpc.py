@@ -34,13 +34,14 @@ more than relay's own work per step, so the hot path has none of ours):
   (``_RequestSender``) instead of queueing it for the request thread grpcio
   runs per call, which then only ends the stream on close.
 
-A send waits only for the previous send of its channel to finish (gRPC allows
-one in flight), i.e. for a peer that stopped reading until keepalive ends the
-call.  These readers and senders use grpcio internals (``_state`` of a call,
-cygrpc operations), checked when a call starts; with a grpcio whose internals
+``send`` never waits: gRPC allows one send in flight per call, so a message
+sent while the previous one is still being written (a peer not reading) waits
+in a queue that the completion of each send drains.  These readers and
+senders use grpcio internals (``_state`` of a call, cygrpc operations),
+checked at import and when a call starts; with a grpcio whose internals
 differ, a helper thread per channel reads, a client's messages go through
-grpcio's request thread and a server's through grpcio's blocking send callback
-(or a response generator): the same behaviour, slower.
+grpcio's request thread and a server's through a response generator (or a
+thread feeding grpcio's blocking send callback): the same behaviour, slower.
 
 Limits and liveness:
 
@@ -89,6 +90,7 @@ any end of the call -> ``ConnectionLost``.
 
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import struct
@@ -125,7 +127,6 @@ try:  # grpcio internals behind the in-thread timed reads (_CallReader, _Request
     _INTERNALS = callable(getattr(_grpc_channel, "_event_handler", None))
 except (ImportError, AttributeError):  # another grpcio: the threaded fallback
     _INTERNALS = False
-_NON_BLOCKING = True  # serve calls with grpcio's non-blocking stream handler (tests turn it off)
 
 __all__ = ["METHOD", "GrpcChannel", "GrpcListener", "GrpcTransport", "pack", "tls_file", "unpack"]
 
@@ -370,32 +371,49 @@ class _CallReader:
 
 
 class _RequestSender:
-    """A client call's sends started in the calling thread.
+    """A client call's sends started in the calling thread, never waiting.
 
     grpcio's own way (a request iterator drained by a thread per call) costs a
     thread wake-up before each message leaves.  This starts the send operation
-    at once; the next send first waits for the previous one to finish (one
-    send in flight per call, as gRPC requires).  The request iterator grpcio
-    drains then only ends the stream (on close).
+    at once.  gRPC allows one send in flight per call: a message sent while the
+    previous one is still being written (a peer not reading) waits in a queue,
+    and the completion of each send, on grpcio's channel thread, starts the
+    next.  The request iterator grpcio drains then only ends the stream.
     """
 
     def __init__(self, call: Any) -> None:
         self._state = call._state
         self._core = call._call
-        self._handler = _grpc_channel._event_handler(call._state, None)
+        self._grpc_handler = _grpc_channel._event_handler(call._state, None)
+        self._queue: collections.deque[bytes] = collections.deque()
 
-    def _idle(self) -> bool:
-        return _SEND not in self._state.due or self._state.code is not None
+    def _start(self, data: bytes) -> bool:  # under the call's condition
+        state = self._state
+        state.due.add(_SEND)
+        if self._core.operate((_cygrpc.SendMessageOperation(data, 0),), self._handle):
+            return True
+        state.due.discard(_SEND)
+        return False
+
+    def _handle(self, event: Any) -> bool:
+        """grpcio's event handler, then the next queued send (grpcio's channel thread)."""
+        done = self._grpc_handler(event)
+        state = self._state
+        with state.condition:
+            if (self._queue and _SEND not in state.due and state.code is None
+                    and not state.cancelled and self._start(self._queue.popleft())):
+                return False  # the call has an operation due again
+        return done  # type: ignore[no-any-return]
 
     def send(self, data: bytes) -> None:
         state = self._state
         with state.condition:
-            state.condition.wait_for(self._idle)
             if state.code is None and not state.cancelled:
-                state.due.add(_SEND)
-                if self._core.operate((_cygrpc.SendMessageOperation(data, 0),), self._handler):
+                if _SEND in state.due or self._queue:
+                    self._queue.append(data)
                     return
-                state.due.discard(_SEND)
+                if self._start(data):
+                    return
         raise ConnectionLost(f"the gRPC call has ended ({state.code})")
 
 
@@ -455,20 +473,24 @@ class _RequestReader:
 
 
 class _ResponseSender:
-    """A server call's sends that do not wait for gRPC to finish writing.
+    """A server call's sends that never wait for gRPC to finish writing.
 
     grpcio's own ``send_response`` blocks until the message is written, a
     thread wake-up (~100-200 µs here) on the serving thread between a reply
-    and the next ``recv``.  This starts the same send operation and returns;
-    the next send (or the close) first waits for the previous one, as gRPC
-    allows one send in flight per call.
+    and the next ``recv``.  This starts the same send operation and returns.
+    gRPC allows one send in flight per call: a message sent meanwhile (a peer
+    not reading) waits in a queue, and the completion of each send, on
+    grpcio's server thread, starts the next one, then the final status once
+    the channel is closed.
     """
 
     def __init__(self, context: Any, send_response: Any) -> None:
         self._state = context._state
         self._call = context._rpc_event.call
-        self._done = _grpc_server._send_message(self._state, _SEND_TOKEN)
+        self._grpc_done = _grpc_server._send_message(self._state, _SEND_TOKEN)
         self._send_response = send_response
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._closing = False
 
     @staticmethod
     def usable(context: Any) -> bool:
@@ -477,23 +499,43 @@ class _ResponseSender:
                 and hasattr(state, "condition") and hasattr(state, "due")
                 and hasattr(state, "statused") and hasattr(state, "client"))
 
-    def _idle(self) -> bool:
+    def _ended(self) -> bool:
+        return self._state.client == "cancelled" or self._state.statused  # type: ignore[no-any-return]
+
+    def _start(self, data: bytes) -> None:  # under the call's condition
+        self._call.start_server_batch((_cygrpc.SendMessageOperation(data, 0),), self._sent)
+        self._state.due.add(_SEND_TOKEN)
+
+    def _sent(self, event: Any) -> Any:
+        """grpcio's completion of a send, then the next queued one (grpcio's server thread)."""
         state = self._state
-        return _SEND_TOKEN not in state.due or state.client == "cancelled" or state.statused
+        with state.condition:
+            result = self._grpc_done(event)
+            if not self._ended():
+                if self._queue:
+                    self._start(self._queue.popleft())
+                elif self._closing:
+                    self._send_response(None)  # status OK: the end of the stream
+            return result
 
     def send(self, data: bytes) -> None:
         state = self._state
         with state.condition:
-            state.condition.wait_for(self._idle)
-            if state.client == "cancelled" or state.statused:
+            if self._ended() or self._closing:
                 raise ConnectionLost("the gRPC call has ended")
-            self._call.start_server_batch((_cygrpc.SendMessageOperation(data, 0),), self._done)
-            state.due.add(_SEND_TOKEN)
+            if _SEND_TOKEN in state.due or self._queue:
+                self._queue.append(data)
+            else:
+                self._start(data)
 
     def close(self) -> None:
-        with self._state.condition:
-            self._state.condition.wait_for(self._idle, 5.0)
-        self._send_response(None)  # status OK: the end of the stream
+        """The final status once every queued message is written (at once if none is)."""
+        state = self._state
+        with state.condition:
+            self._closing = True
+            if self._ended() or _SEND_TOKEN in state.due or self._queue:
+                return
+        self._send_response(None)
 
 
 class GrpcChannel:
@@ -626,7 +668,7 @@ class GrpcListener:
                    send_response: Any = None) -> Iterator[bytes] | None:
             return self._handle(requests, context, send_response)
 
-        handle.experimental_non_blocking = _NON_BLOCKING  # type: ignore[attr-defined]
+        handle.experimental_non_blocking = _INTERNALS  # type: ignore[attr-defined]
         handler = grpc.method_handlers_generic_handler(
             SERVICE, {"Channel": grpc.stream_stream_rpc_method_handler(handle)}
         )
@@ -662,8 +704,8 @@ class GrpcListener:
         ``experimental_non_blocking`` attribute set in ``__init__`` (the
         mechanism of grpcio's own health service): the channel then sends from
         the thread that calls ``send`` and this pool thread returns at once.
-        Without it (another grpcio), the returned generator is the response
-        stream, fed by ``send`` through a queue.
+        Without it (grpcio internals differ), the returned generator is the
+        response stream, fed by ``send`` through a queue.
         """
         channel = GrpcChannel(self._settings.max_message_size, "server")
         if self._closed:
@@ -692,9 +734,16 @@ class GrpcListener:
             channel._on_close.append(sender.close)
             self._pending.put(channel)
             return None
-        if send_response is not None:
-            channel._send = send_response
-            channel._on_close.append(lambda: send_response(None))  # status OK: end of stream
+        if send_response is not None:  # grpcio's send blocks: a thread of ours drains the queue
+            def drain() -> None:
+                try:
+                    for data in channel._outgoing():
+                        send_response(data)
+                    send_response(None)  # status OK: the end of the stream
+                except Exception:  # the call was torn down: recv reports it
+                    pass
+
+            threading.Thread(target=drain, name="relay-grpc-send", daemon=True).start()
             self._pending.put(channel)
             return None
         self._pending.put(channel)

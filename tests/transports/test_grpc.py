@@ -64,8 +64,8 @@ class TestGrpc(TransportCompliance):
 
 
 class TestGrpcPortable(TransportCompliance):
-    """The fallback for a grpcio whose internals differ: reads through a helper thread,
-    sends through grpcio's blocking send callback."""
+    """The fallback for a grpcio whose internals differ: a helper thread reads, grpcio's
+    request thread sends a client's messages, a generator streams a server's."""
 
     url = "grpc://127.0.0.1:0"
     unreachable_url = "grpc://127.0.0.1:1"
@@ -75,12 +75,16 @@ class TestGrpcPortable(TransportCompliance):
         monkeypatch.setattr(grpc_transport, "_INTERNALS", False)
 
 
-class TestGrpcGenerator(TestGrpcPortable):
-    """The fallback without grpcio's non-blocking handlers: a generator streams the replies."""
+class TestGrpcSendThread(TransportCompliance):
+    """Non-blocking handlers without the internal sender: a thread drains the server's
+    queue into grpcio's blocking send callback."""
+
+    url = "grpc://127.0.0.1:0"
+    unreachable_url = "grpc://127.0.0.1:1"
 
     @pytest.fixture(autouse=True)
-    def _generator(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(grpc_transport, "_NON_BLOCKING", False)
+    def _send_thread(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(grpc_transport._ResponseSender, "usable", staticmethod(lambda _: False))
 
 
 @pytest.mark.parametrize("internals", [True, False])
@@ -146,6 +150,40 @@ def test_reply_before_hang_up_survives_a_failed_send() -> None:
             client.recv(5.0)
         with pytest.raises(ConnectionLost):
             client.send([b"again"])
+        client.close()
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("path", ["internals", "portable", "send thread"])
+def test_sends_do_not_wait_for_a_peer_that_is_not_reading(
+        monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """Messages beyond gRPC's flow-control window queue up in order; close ends the
+    stream after them."""
+    if path == "portable":
+        monkeypatch.setattr(grpc_transport, "_INTERNALS", False)
+    elif path == "send thread":
+        monkeypatch.setattr(grpc_transport._ResponseSender, "usable", staticmethod(lambda _: False))
+    settings = Settings(max_message_size=16 << 20)
+    transport = get_transport("grpc")
+    listener = transport.listen(make_url("grpc://127.0.0.1:0"), settings)
+    try:
+        client = transport.connect(listener.address, settings, timeout=5.0)
+        server = listener.accept(5.0)
+        big = [bytes([i]) * (6 << 20) for i in range(3)]
+        for sender, receiver in ((client, server), (server, client)):
+            start = time.monotonic()
+            for i, data in enumerate(big):
+                sender.send([str(i).encode(), data])
+            assert time.monotonic() - start < 3.0
+            for i, data in enumerate(big):
+                received = receiver.recv(10.0)
+                assert bytes(received[0]) == str(i).encode() and bytes(received[1]) == data
+        server.send([b"last"])
+        server.close()
+        assert bytes(client.recv(10.0)[0]) == b"last"
+        with pytest.raises(ConnectionLost):
+            client.recv(5.0)
         client.close()
     finally:
         listener.close()
