@@ -43,6 +43,10 @@ differ, a helper thread per channel reads, a client's messages go through
 grpcio's request thread and a server's through a response generator (or a
 thread feeding grpcio's blocking send callback): the same behaviour, slower.
 
+Measured (relay bench, relay grpc:// over raw grpcio bidi, median of the
+per-round ratios of 8 interleaved rounds, S/M/L): with reader threads and
+queues 1.52/1.40/1.16, now 0.95/0.94/0.93; without the spin 1.56/1.00/1.20.
+
 Limits and liveness:
 
 * gRPC's 4 MiB message limit is raised to ``settings.max_message_size`` plus
@@ -60,7 +64,10 @@ URL options (query) of this transport, besides relay's settings:
 ``keepalive``            seconds between keepalive pings (default 10).
 ``keepalive_timeout``    seconds to wait for a ping's answer (default 5).
 ``max_clients``          server: most simultaneous channels (default 64); the
-                         next client gets ``ConnectError``.
+                         next client gets ``ConnectError``.  Counted by the
+                         listener until each call ends (grpcio's
+                         ``maximum_concurrent_rpcs`` counts busy handler
+                         threads, and handlers return at once here).
 ``spin``                 microseconds ``recv`` polls before it sleeps (default
                          250; 0: never poll, no CPU spent while idle).
 

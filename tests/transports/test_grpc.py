@@ -324,9 +324,25 @@ def test_max_clients_refuses_with_connect_error() -> None:
     listener = transport.listen(make_url("grpc://127.0.0.1:0?max_clients=1"), Settings())
     try:
         first = transport.connect(listener.address, Settings(), timeout=5.0)
+        accepted = listener.accept(5.0)
         with pytest.raises(ConnectError):
             transport.connect(listener.address, Settings(), timeout=2.0)
         first.close()
+        accepted.close()
+        # a client that left frees its place, whichever side hung up
+        for closing in ("client", "server", "client"):
+            deadline = time.monotonic() + 5.0
+            while True:
+                try:
+                    client = transport.connect(listener.address, Settings(), timeout=2.0)
+                    break
+                except ConnectError:
+                    assert time.monotonic() < deadline, "the place of a closed channel stays taken"
+                    time.sleep(0.05)
+            server = listener.accept(5.0)
+            (client if closing == "client" else server).close()
+            client.close()
+            server.close()
     finally:
         listener.close()
 
