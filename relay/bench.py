@@ -96,6 +96,7 @@ __all__ = [
     "spawn_server",
     "time_calls",
     "time_env",
+    "tls_files",
 ]
 
 FIXED_OBS_ID = "relay-bench/FixedObs-v0"
@@ -334,6 +335,25 @@ BASELINES: dict[str, str] = {
     "tcp": "raw pyzmq tcp",
 }
 """Baseline case of each relay scheme's row."""
+
+_TLS_FILES: list[tuple[Path, Path] | None] = []
+
+
+def tls_files() -> tuple[Path, Path] | None:
+    """``(certfile, keyfile)`` of a self-signed certificate for 127.0.0.1, made
+    once per run (:func:`relay.testing.make_certificate`), for the listen URLs
+    of the TLS rows; None without the ``cryptography`` package."""
+    if not _TLS_FILES:
+        try:
+            import cryptography  # noqa: F401
+
+            from relay.testing import make_certificate
+        except ImportError:
+            _TLS_FILES.append(None)
+        else:
+            _TLS_FILES.append(make_certificate(Path(tempfile.mkdtemp(prefix="relay-bench-tls-"))))
+    return _TLS_FILES[0]
+
 
 IN_PROCESS_SCHEMES = frozenset({"memory"})
 """Schemes whose server must run in the benchmark process itself."""

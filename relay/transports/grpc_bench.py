@@ -25,12 +25,14 @@ from typing import Any
 
 from relay.bench import (
     BASELINES,
+    LISTEN_URLS,
     PAYLOADS,
     CaseResult,
     Payload,
     bench_case,
     spawn_server,
     time_calls,
+    tls_files,
 )
 
 NAME = "raw grpcio bidi"
@@ -70,6 +72,9 @@ def raw_grpc(payloads: Sequence[Payload], steps: int) -> CaseResult:
 
 
 BASELINES.setdefault("grpc", NAME)
+BASELINES.setdefault("grpcs", NAME)
+if "grpcs" not in LISTEN_URLS and (_tls := tls_files()) is not None:
+    LISTEN_URLS["grpcs"] = f"grpcs://127.0.0.1:0?cert={_tls[0]}&key={_tls[1]}&ca={_tls[0]}"
 
 
 @bench_case("relay grpc:// channel only", group="transport", baseline=NAME)

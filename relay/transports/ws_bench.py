@@ -19,9 +19,7 @@ payload named by the client's first message.
 from __future__ import annotations
 
 import sys
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 from relay.bench import (
     BASELINES,
@@ -32,6 +30,7 @@ from relay.bench import (
     bench_case,
     spawn_server,
     time_calls,
+    tls_files,
 )
 from relay.transports.ws import pack_header
 
@@ -139,26 +138,10 @@ def _serve(url: str) -> None:
         server.serve_forever()
 
 
-def _tls_listen_url() -> str | None:
-    try:
-        from relay.testing import make_certificate
-    except ImportError:
-        return None
-    try:
-        import cryptography  # noqa: F401
-    except ImportError:
-        return None
-    directory = Path(tempfile.mkdtemp(prefix="relay-bench-tls-"))
-    certfile, keyfile = make_certificate(directory)
-    return f"wss://127.0.0.1:0?certfile={certfile}&keyfile={keyfile}&cafile={certfile}"
-
-
 BASELINES.setdefault("ws", RAW)
 BASELINES.setdefault("wss", RAW)
-if "wss" not in LISTEN_URLS:
-    _url = _tls_listen_url()
-    if _url is not None:
-        LISTEN_URLS["wss"] = _url
+if "wss" not in LISTEN_URLS and (_tls := tls_files()) is not None:
+    LISTEN_URLS["wss"] = f"wss://127.0.0.1:0?certfile={_tls[0]}&keyfile={_tls[1]}&cafile={_tls[0]}"
 
 
 if __name__ == "__main__":
