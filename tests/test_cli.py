@@ -1,5 +1,6 @@
 """The relay command, run as a user would: separate processes."""
 
+import csv
 import re
 import subprocess
 import sys
@@ -76,3 +77,16 @@ def test_remote_error_is_one_clear_line():
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_bench_prints_and_writes_the_rows_asked_for(tmp_path):
+    result = run("bench", "--only", "in-process,layers,relay tcp", "--payloads", "S",
+                 "--steps", "30", "--out", str(tmp_path), timeout=120)
+    assert result.returncode == 0, result.stderr
+    (csv_file,) = tmp_path.glob("bench-*.csv")
+    with csv_file.open() as f:
+        rows = {row["case"] for row in csv.DictReader(f)}
+    # the relay rows plus the baseline they are read against
+    assert {"in-process", "relay layers, no transport", "relay tcp://",
+            "raw pyzmq tcp"} <= rows
+    assert "relay layers, no transport" in result.stdout
