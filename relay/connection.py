@@ -10,6 +10,7 @@ negotiated, so a peer in any language can start a conversation.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Callable
@@ -183,7 +184,10 @@ class ClientConnection:
                     continue
                 if received[0] == pending.id:
                     answer = received[1]
-                else:  # the answer of another request in flight: keep it for its receive
+                elif self.settings.zero_copy:  # another request's: kept for its receive,
+                    # and copied, since its arrays may view buffers the next recv reuses
+                    self._early[received[0]] = copy.deepcopy(received[1])
+                else:
                     self._early[received[0]] = received[1]
         except Timeout:
             self.session.cancel(pending.id)

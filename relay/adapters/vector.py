@@ -399,8 +399,12 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
                 try:
                     if isinstance(pending, RelayError):
                         raise pending
-                    answers.append(connection.call(request) if pending is None
-                                   else connection.receive(pending))
+                    answer = (connection.call(request) if pending is None
+                              else connection.receive(pending))
+                    if self.envs[i].settings.zero_copy:
+                        # its arrays view buffers that the next sub-env's receive reuses
+                        answer = deepcopy(answer)
+                    answers.append(answer)
                 except RelayError as exc:
                     failure = failure or (i, exc)
                     answers.append(None)

@@ -148,3 +148,52 @@ def test_remote_envs_sharing_a_connection():
         owner.close()
         server.close()
     assert owner.connection.closed
+
+
+class CounterEnv(gym.Env):
+    """Observation: a 64x64 uint8 image (out of band: 4 KiB) filled with the step count."""
+
+    observation_space = gym.spaces.Box(0, 255, (64, 64), np.uint8)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.count = 0
+        return np.zeros((64, 64), np.uint8), {}
+
+    def step(self, action):
+        self.count += 1
+        return np.full((64, 64), self.count, np.uint8), 0.0, False, False, {}
+
+
+def counter_factory(env_id, **kwargs):
+    return CounterEnv()
+
+
+def test_zero_copy_answers_kept_for_later_are_not_overwritten():
+    server = relay.serve(counter_factory, "shm://0")
+    url = make_url(server.address).with_options(zero_copy="1")
+    conn = ClientConnection.open(url, resolve_settings(url))
+    try:
+        instance, _ = make_and_reset(conn)
+        first = conn.submit(Step(instance=instance, action=0))
+        second = conn.submit(Step(instance=instance, action=0))
+        assert conn.receive(second).obs[0, 0] == 2  # the first answer is kept aside
+        assert conn.call(Step(instance=instance, action=0)).obs[0, 0] == 3  # more recvs
+        assert (conn.receive(first).obs == 1).all()
+    finally:
+        conn.close()
+        server.close()
+
+
+def test_zero_copy_vector_env_batches_every_sub_env_observation():
+    server = relay.serve(counter_factory, "shm://0")
+    envs = relay.make_vec(server.address, num_envs=3, zero_copy=True)
+    try:
+        envs.reset(seed=0)
+        for count in (1, 2, 3):
+            obs, *_ = envs.step(np.zeros(3, np.int64))
+            assert obs.shape == (3, 64, 64) and (obs == count).all()
+    finally:
+        envs.close()
+        server.close()
