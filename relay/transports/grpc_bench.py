@@ -23,6 +23,8 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import grpc
+
 from relay.bench import (
     BASELINES,
     LISTEN_URLS,
@@ -34,6 +36,7 @@ from relay.bench import (
     time_calls,
     tls_files,
 )
+from relay.transports.grpc import _INTERNALS
 
 NAME = "raw grpcio bidi"
 SERVICE = "relay.bench.Raw"
@@ -72,6 +75,10 @@ def raw_grpc(payloads: Sequence[Payload], steps: int) -> CaseResult:
 
 
 BASELINES.setdefault("grpc", NAME)
+if not _INTERNALS:  # an upgrade must not slow relay grpc down silently
+    print(f"note: grpcio {grpc.__version__} lacks the internals of relay's in-thread gRPC "
+          "reads and sends: the relay grpc rows measure the slower threaded fallback",
+          file=sys.stderr)
 BASELINES.setdefault("grpcs", NAME)
 if "grpcs" not in LISTEN_URLS and (_tls := tls_files()) is not None:
     LISTEN_URLS["grpcs"] = f"grpcs://127.0.0.1:0?cert={_tls[0]}&key={_tls[1]}&ca={_tls[0]}"
