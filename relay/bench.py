@@ -91,6 +91,7 @@ __all__ = [
     "Result",
     "Unavailable",
     "bench_case",
+    "channel_case",
     "main",
     "run",
     "spawn_server",
@@ -501,24 +502,34 @@ bench_case("raw pyzmq ipc", group="raw")(_raw_zmq_case("ipc"))
 bench_case("raw pyzmq tcp", group="raw")(_raw_zmq_case("tcp"))
 
 
-def _zmq_channel_case(kind: str) -> Callable[[Sequence[Payload], int], CaseResult]:
-    """relay's ZmqChannel alone (no codec, session or env): the transport's own cost."""
+def channel_case(url_template: str) -> Callable[[Sequence[Payload], int], CaseResult]:
+    """A "relay ... channel only" row: relay's channel of one transport alone (no
+    codec, session or env) moving the bytes of a relay step: the transport's own
+    share of a step, to tell it from that of relay's upper layers.
+
+    ``url_template`` is the server's listen URL (``{tmp}``: a fresh temporary
+    directory, ``{uid}``: a random hex string).  The server process
+    (``python -m relay.bench _serve-channel URL``) answers every message with
+    the reply frames of the payload named last (see :func:`_serve_channel`).
+    """
 
     def run_case(payloads: Sequence[Payload], steps: int) -> CaseResult:
         from relay.core.config import Settings
+        from relay.core.plugins import get_transport
         from relay.core.url import make_url
-        from relay.transports.zmq import ZmqTransport
 
         tmp = tempfile.mkdtemp(prefix="rb-")
         try:
-            url = f"zmq+{kind}://{tmp}/chan.sock" if kind == "ipc" else "zmq+tcp://127.0.0.1:0"
-            with spawn_server(_python("_serve-zmq-channel", url)) as address:
-                for payload in payloads:
-                    request, _ = payload.wire_frames()
-                    channel = ZmqTransport().connect(make_url(address), Settings(), timeout=30)
-                    try:
-                        channel.send([b"payload", payload.name.encode()])
-                        channel.recv(30)
+            url = url_template.format(tmp=tmp, uid=secrets.token_hex(4))
+            with spawn_server(_python("_serve-channel", url)) as address:
+                target = make_url(address)
+                channel = get_transport(target.scheme).connect(target, Settings(), timeout=30)
+                try:
+                    for payload in payloads:
+                        request = payload.wire_frames()[0]
+                        channel.send([payload.name.encode()])
+                        if bytes(channel.recv(30)[0]) != b"ok":
+                            raise Unavailable(f"the {target.scheme} channel server did not answer")
 
                         def round_trip(channel: Any = channel, request: list[bytes] = request
                                        ) -> None:
@@ -526,8 +537,8 @@ def _zmq_channel_case(kind: str) -> Callable[[Sequence[Payload], int], CaseResul
                             channel.recv(30)
 
                         yield payload.name, time_calls(round_trip, steps)
-                    finally:
-                        channel.close()
+                finally:
+                    channel.close()
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -535,9 +546,9 @@ def _zmq_channel_case(kind: str) -> Callable[[Sequence[Payload], int], CaseResul
 
 
 bench_case("relay zmq+ipc channel only", group="transport",
-           baseline="raw pyzmq ipc")(_zmq_channel_case("ipc"))
+           baseline="raw pyzmq ipc")(channel_case("zmq+ipc://{tmp}/chan.sock"))
 bench_case("relay zmq+tcp channel only", group="transport",
-           baseline="raw pyzmq tcp")(_zmq_channel_case("tcp"))
+           baseline="raw pyzmq tcp")(channel_case("zmq+tcp://127.0.0.1:0"))
 
 
 def _make_payload_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
@@ -576,26 +587,40 @@ def _serve_relay(url: str) -> None:
     server.serve_forever()
 
 
-def _serve_zmq_channel(url: str) -> None:
-    """Answer each message on a relay ZmqChannel with relay's reply bytes (one client at a time)."""
+def _serve_channel(url: str) -> None:
+    """Listen on ``url`` with relay's transport; on each channel (a thread each),
+    answer a one-letter message naming a payload with ``ok`` and every other
+    message with relay's reply frames for the payload named last."""
+    import threading
+
     from relay.core.config import Settings
     from relay.core.errors import RelayError
+    from relay.core.plugins import get_transport
     from relay.core.url import make_url
-    from relay.transports.zmq import ZmqTransport
 
     replies = {name.encode(): p.wire_frames()[1] for name, p in PAYLOADS.items()}
-    listener = ZmqTransport().listen(make_url(url), Settings())
+    target = make_url(url)
+    listener = get_transport(target.scheme).listen(target, Settings())
     print(listener.address, flush=True)
-    while True:
-        channel = listener.accept(None)
+
+    def answer(channel: Any) -> None:
+        reply: list[bytes] = []
         try:
-            reply = replies[bytes(channel.recv(30)[1])]
-            channel.send([b"ok"])
             while True:
-                channel.recv(None)
-                channel.send(reply)
+                frames = channel.recv(None)
+                if len(frames) == 1 and len(frames[0]) == 1 and bytes(frames[0]) in replies:
+                    reply = replies[bytes(frames[0])]
+                    channel.send([b"ok"])
+                else:
+                    channel.send(reply)
         except RelayError:
             channel.close()
+
+    try:
+        while True:
+            threading.Thread(target=answer, args=(listener.accept(None),), daemon=True).start()
+    finally:
+        listener.close()
 
 
 def _serve_raw_zmq(endpoint: str) -> None:
@@ -804,8 +829,8 @@ def _internal(argv: Sequence[str]) -> None:
             _serve_relay(arg)
         elif command == "_serve-raw-zmq":
             _serve_raw_zmq(arg)
-        elif command == "_serve-zmq-channel":
-            _serve_zmq_channel(arg)
+        elif command == "_serve-channel":
+            _serve_channel(arg)
         else:
             raise SystemExit(f"unknown command {command}")
     except KeyboardInterrupt:

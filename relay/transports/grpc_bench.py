@@ -11,8 +11,8 @@ the client's requests come from a queue-fed iterator and it waits on the
 response iterator; the server's handler is a generator over the requests.
 
 ``relay grpc:// channel only`` is the same ping-pong through relay's
-:class:`~relay.transports.grpc.GrpcChannel` on both ends (no codec, session or
-env): the transport's own cost, to tell it from that of relay's upper layers.
+:class:`~relay.transports.grpc.GrpcChannel` on both ends
+(:func:`relay.bench.channel_case`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from relay.bench import (
     CaseResult,
     Payload,
     bench_case,
+    channel_case,
     spawn_server,
     time_calls,
     tls_files,
@@ -84,54 +85,8 @@ if "grpcs" not in LISTEN_URLS and (_tls := tls_files()) is not None:
     LISTEN_URLS["grpcs"] = f"grpcs://127.0.0.1:0?cert={_tls[0]}&key={_tls[1]}&ca={_tls[0]}"
 
 
-@bench_case("relay grpc:// channel only", group="transport", baseline=NAME)
-def grpc_channel(payloads: Sequence[Payload], steps: int) -> CaseResult:
-    from relay.core.config import Settings
-    from relay.core.url import make_url
-    from relay.transports.grpc import GrpcTransport
-
-    with spawn_server([sys.executable, "-m", "relay.transports.grpc_bench", "channel"]) as url:
-        for payload in payloads:
-            request, _ = payload.wire_frames()
-            channel = GrpcTransport().connect(make_url(url), Settings(), timeout=30)
-            try:
-                channel.send([payload.name.encode()])
-                channel.recv(30)
-
-                def round_trip(channel: Any = channel, request: list[bytes] = request) -> None:
-                    channel.send(request)
-                    channel.recv(30)
-
-                yield payload.name, time_calls(round_trip, steps)
-            finally:
-                channel.close()
-
-
-def _serve_channel() -> None:
-    """Answer each message on a relay GrpcChannel with relay's reply bytes."""
-    import threading
-
-    from relay.core.config import Settings
-    from relay.core.errors import RelayError
-    from relay.core.url import make_url
-    from relay.transports.grpc import GrpcTransport
-
-    replies = {name.encode(): p.wire_frames()[1] for name, p in PAYLOADS.items()}
-    listener = GrpcTransport().listen(make_url("grpc://127.0.0.1:0"), Settings())
-    print(listener.address, flush=True)
-
-    def answer(channel: Any) -> None:
-        try:
-            reply = replies[bytes(channel.recv(30)[0])]
-            channel.send([b"ok"])
-            while True:
-                channel.recv(None)
-                channel.send(reply)
-        except RelayError:
-            channel.close()
-
-    while True:
-        threading.Thread(target=answer, args=(listener.accept(None),), daemon=True).start()
+bench_case("relay grpc:// channel only", group="transport", baseline=NAME)(
+    channel_case("grpc://127.0.0.1:0"))
 
 
 def _serve() -> None:
@@ -155,4 +110,4 @@ def _serve() -> None:
 
 
 if __name__ == "__main__":
-    _serve_channel() if sys.argv[1:] == ["channel"] else _serve()
+    _serve()

@@ -15,7 +15,8 @@
   as the wake-up (blocking ``recv`` after the same spin), the alternative
   that was measured and not chosen.
 * ``relay shm channel only``: the same bytes through relay's ``ShmChannel``
-  (no codec, session or env): the transport's own share of a relay step.
+  (no codec, session or env): the transport's own share of a relay step
+  (:func:`relay.bench.channel_case`).
 * ``relay shm:// spin=0`` and ``relay shm:// zero_copy``: relay over shm
   with spinning off (semaphore only) and with ``zero_copy=True``.
 
@@ -53,6 +54,7 @@ from relay.bench import (
     Payload,
     Unavailable,
     bench_case,
+    channel_case,
     spawn_server,
     time_calls,
     time_env,
@@ -196,57 +198,9 @@ def _relay_variant(query: str) -> Any:
     return run_case
 
 
-@bench_case("relay shm channel only", group="relay", baseline=RAW_SEM)
-def channel_only(payloads: Sequence[Payload], steps: int) -> CaseResult:
-    """relay's ShmChannel alone (no codec, session or env): the transport's share."""
-    from relay.core.config import Settings
-    from relay.core.url import make_url
-    from relay.transports.shm import ShmTransport
-
-    url = make_url(f"shm://relay-bench-{secrets.token_hex(4)}")
-    argv = [sys.executable, "-m", "relay.transports.shm_bench", "channel", url.render()]
-    with spawn_server(argv):
-        channel = ShmTransport().connect(url, Settings(), timeout=30.0)
-        try:
-            for payload in payloads:
-                request = payload.wire_frames()[0]
-                channel.send([payload.name.encode()])
-                if bytes(channel.recv(30.0)[0]) != b"ok":
-                    raise Unavailable("shm channel server did not answer")
-
-                def round_trip(channel: Any = channel, request: list[bytes] = request) -> None:
-                    channel.send(request)
-                    channel.recv(30.0)
-
-                yield payload.name, time_calls(round_trip, steps)
-        finally:
-            channel.close()
-
-
-def _serve_channel(url_text: str) -> None:
-    """Answer each message with relay's reply frames for the payload named first."""
-    from relay.bench import PAYLOADS
-    from relay.core.config import Settings
-    from relay.core.url import make_url
-    from relay.transports.shm import ShmTransport
-
-    replies = {name.encode(): p.wire_frames()[1] for name, p in PAYLOADS.items()}
-    listener = ShmTransport().listen(make_url(url_text), Settings())
-    print(listener.address, flush=True)
-    try:
-        channel = listener.accept(60.0)
-        reply: list[bytes] = []
-        while True:
-            frames = channel.recv(None)
-            if len(frames) == 1 and bytes(frames[0]) in replies:
-                reply = replies[bytes(frames[0])]
-                channel.send([b"ok"])
-            else:
-                channel.send(reply)
-    finally:
-        listener.close()
-
-
+# relay's ShmChannel alone (no codec, session or env): the transport's share
+bench_case("relay shm channel only", group="relay", baseline=RAW_SEM)(
+    channel_case("shm://relay-bench-{uid}"))
 bench_case("relay shm:// spin=0", group="relay", baseline=RAW_SEM)(_relay_variant("?spin=0"))
 bench_case("relay shm:// zero_copy", group="relay", baseline=RAW_SEM)(
     _relay_variant("?zero_copy=1"))
@@ -320,5 +274,3 @@ def _serve_raw(kind: str) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["raw"]:
         _serve_raw(sys.argv[2])
-    elif sys.argv[1:2] == ["channel"]:
-        _serve_channel(sys.argv[2])

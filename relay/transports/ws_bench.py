@@ -7,7 +7,7 @@
   ``relay wss://`` rows.
 * ``relay ws channel only``: relay's ws transport alone (its framing, no
   codec, no session, no environment) with the same bytes: the transport's
-  share of a ``relay ws://`` step.
+  share of a ``relay ws://`` step (:func:`relay.bench.channel_case`).
 * ``relay wss://`` gets a listen URL with a self-signed certificate made here
   (only if the ``cryptography`` package is installed).
 
@@ -28,6 +28,7 @@ from relay.bench import (
     Payload,
     Unavailable,
     bench_case,
+    channel_case,
     spawn_server,
     time_calls,
     tls_files,
@@ -65,58 +66,8 @@ def raw_websockets(payloads: Sequence[Payload], steps: int) -> CaseResult:
 CHANNEL = "relay ws channel only"
 
 
-@bench_case(CHANNEL, group="raw")
-def ws_channel_only(payloads: Sequence[Payload], steps: int) -> CaseResult:
-    """relay's ws transport alone (its framing, no codec, no session, no env):
-    what the transport costs, to tell it apart from relay's per-step work."""
-    from relay.core.config import Settings
-    from relay.core.plugins import get_transport
-    from relay.core.url import make_url
-
-    argv = [sys.executable, "-m", "relay.transports.ws_bench", "--channel", "ws://127.0.0.1:0"]
-    settings = Settings()
-    with spawn_server(argv) as address:
-        for payload in payloads:
-            request = payload.wire_frames()[0]
-            channel = get_transport("ws").connect(make_url(address), settings, timeout=30)
-            try:
-                channel.send([payload.name.encode()])
-                channel.recv(30)
-
-                def round_trip(channel=channel, request=request) -> None:  # type: ignore[no-untyped-def]
-                    channel.send(request)
-                    channel.recv(30)
-
-                yield payload.name, time_calls(round_trip, steps)
-            finally:
-                channel.close()
-
-
-def _serve_channel(url: str) -> None:
-    import threading
-
-    from relay.bench import PAYLOADS
-    from relay.core.config import Settings
-    from relay.core.errors import ConnectionLost
-    from relay.core.plugins import get_transport
-    from relay.core.url import make_url
-
-    replies = {name.encode(): p.wire_frames()[1] for name, p in PAYLOADS.items()}
-    listener = get_transport("ws").listen(make_url(url), Settings())
-    print(listener.address, flush=True)
-
-    def echo(channel) -> None:  # type: ignore[no-untyped-def]
-        try:
-            reply = replies[bytes(channel.recv(None)[0])]
-            channel.send([b"ok"])
-            while True:
-                channel.recv(None)
-                channel.send(reply)
-        except ConnectionLost:
-            channel.close()
-
-    while True:
-        threading.Thread(target=echo, args=(listener.accept(None),), daemon=True).start()
+# relay's ws transport alone (its framing, no codec, no session, no env)
+bench_case(CHANNEL, group="raw")(channel_case("ws://127.0.0.1:0"))
 
 
 def _serve(url: str) -> None:
@@ -146,9 +97,6 @@ if "wss" not in LISTEN_URLS and (_tls := tls_files()) is not None:
 
 if __name__ == "__main__":
     try:
-        if sys.argv[1] == "--channel":
-            _serve_channel(sys.argv[2])
-        else:
-            _serve(sys.argv[1])
+        _serve(sys.argv[1])
     except KeyboardInterrupt:
         pass
