@@ -186,14 +186,24 @@ def test_zero_copy_answers_kept_for_later_are_not_overwritten():
         server.close()
 
 
-def test_zero_copy_vector_env_batches_every_sub_env_observation():
-    server = relay.serve(counter_factory, "shm://0")
-    envs = relay.make_vec(server.address, num_envs=3, zero_copy=True)
+class EndsAtTwoEnv(CounterEnv):
+    def step(self, action):
+        obs, reward, _, truncated, info = super().step(action)
+        return obs, reward, self.count == 2, truncated, info
+
+
+def test_zero_copy_vector_env_keeps_final_observations_through_same_step_resets():
+    # SAME_STEP resets the ended sub-envs before returning: those answers must not
+    # land on the (zero-copy) step answers whose observations are still in use
+    server = relay.serve(lambda env_id, **kwargs: EndsAtTwoEnv(), "shm://0")
+    envs = relay.make_vec(server.address, num_envs=3, zero_copy=True,
+                          autoreset_mode="SameStep")
     try:
         envs.reset(seed=0)
-        for count in (1, 2, 3):
-            obs, *_ = envs.step(np.zeros(3, np.int64))
-            assert obs.shape == (3, 64, 64) and (obs == count).all()
+        envs.step(np.zeros(3, np.int64))
+        obs, _, terminated, _, infos = envs.step(np.zeros(3, np.int64))
+        assert terminated.all() and (obs == 0).all()
+        assert all((final == 2).all() for final in infos["final_obs"])
     finally:
         envs.close()
         server.close()
