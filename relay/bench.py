@@ -93,6 +93,7 @@ __all__ = [
     "bench_case",
     "channel_case",
     "main",
+    "relay_case",
     "run",
     "spawn_server",
     "time_calls",
@@ -435,14 +436,19 @@ def layers_only(payloads: Sequence[Payload], steps: int) -> CaseResult:
             env.host.close()
 
 
-def _relay_case(scheme: str) -> Case:
+def relay_case(url_template: str) -> Callable[[Sequence[Payload], int], CaseResult]:
+    """A relay row: ``env.step`` of :func:`relay.make` against a relay server
+    listening on ``url_template`` (``{tmp}``, ``{uid}`` as in :data:`LISTEN_URLS`;
+    a server process, or this process for :data:`IN_PROCESS_SCHEMES`)."""
+
     def run_case(payloads: Sequence[Payload], steps: int) -> CaseResult:
         import relay
+        from relay.core.url import make_url
 
         tmp = tempfile.mkdtemp(prefix="rb-")
         try:
-            template = LISTEN_URLS.get(scheme, f"{scheme}://127.0.0.1:0")
-            url = template.format(tmp=tmp, uid=secrets.token_hex(4))
+            url = url_template.format(tmp=tmp, uid=secrets.token_hex(4))
+            scheme = make_url(url).scheme
             if scheme in IN_PROCESS_SCHEMES:
                 server_cm: Any = relay.serve(None, url)
             else:
@@ -458,7 +464,14 @@ def _relay_case(scheme: str) -> Case:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    return Case(f"relay {scheme}://", run_case, group="relay", baseline=BASELINES.get(scheme))
+    return run_case
+
+
+def _relay_case(scheme: str) -> Case:
+    """The row ``relay SCHEME://`` of a registered transport."""
+    template = LISTEN_URLS.get(scheme, f"{scheme}://127.0.0.1:0")
+    return Case(f"relay {scheme}://", relay_case(template), group="relay",
+                baseline=BASELINES.get(scheme))
 
 
 def _raw_zmq_case(kind: str) -> Callable[[Sequence[Payload], int], CaseResult]:

@@ -55,9 +55,9 @@ from relay.bench import (
     Unavailable,
     bench_case,
     channel_case,
+    relay_case,
     spawn_server,
     time_calls,
-    time_env,
 )
 from relay.transports.base import DEFAULT_SPIN_US
 from relay.transports.shm import PURE_SPIN_NS
@@ -182,28 +182,13 @@ bench_case(RAW_SEM, group="raw")(_raw_case("sem"))
 bench_case(RAW_SOCK, group="raw")(_raw_case("sock"))
 
 
-def _relay_variant(query: str) -> Any:
-    def run_case(payloads: Sequence[Payload], steps: int) -> CaseResult:
-        import relay
-
-        url = f"shm://relay-bench-{secrets.token_hex(4)}{query}"
-        with spawn_server([sys.executable, "-m", "relay.bench", "_serve-relay", url]):
-            for payload in payloads:
-                env = relay.make(url, payload.env_id, **payload.env_kwargs)
-                try:
-                    yield payload.name, time_env(env, steps)
-                finally:
-                    env.close()
-
-    return run_case
-
-
 # relay's ShmChannel alone (no codec, session or env): the transport's share
 bench_case("relay shm channel only", group="relay", baseline=RAW_SEM)(
     channel_case("shm://relay-bench-{uid}"))
-bench_case("relay shm:// spin=0", group="relay", baseline=RAW_SEM)(_relay_variant("?spin=0"))
+bench_case("relay shm:// spin=0", group="relay", baseline=RAW_SEM)(
+    relay_case("shm://relay-bench-{uid}?spin=0"))
 bench_case("relay shm:// zero_copy", group="relay", baseline=RAW_SEM)(
-    _relay_variant("?zero_copy=1"))
+    relay_case("shm://relay-bench-{uid}?zero_copy=1"))
 
 BASELINES.setdefault("shm", RAW_SEM)
 LISTEN_URLS.setdefault("shm", "shm://relay-bench-{uid}")
