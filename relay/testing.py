@@ -1,4 +1,5 @@
-"""The transport compliance suite every transport subclasses (plugins too).
+"""The transport compliance suite every transport subclasses (plugins too), and
+an environment for testing servers' error paths (:class:`FaultyEnv`).
 
 Usage, in a transport's test module::
 
@@ -19,7 +20,9 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -29,7 +32,37 @@ from relay.core.plugins import get_transport
 from relay.core.url import URL, make_url
 from relay.transports.base import Channel, Listener
 
-__all__ = ["TransportCompliance", "make_certificate"]
+__all__ = ["FaultyEnv", "TransportCompliance", "faulty", "make_certificate"]
+
+
+class FaultyEnv(gym.Env[np.ndarray, Any]):
+    """Raises ``ZeroDivisionError`` on action 1, sleeps 1 s on action 2, else counts.
+
+    Observation: float32 ``(1,)``, the number of steps since reset (also
+    ``info["count"]``); reward 1.0; never ends.
+    """
+
+    observation_space = gym.spaces.Box(0, 1000, (1,), np.float32)
+    action_space = gym.spaces.Discrete(3)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self.count = 0
+        return np.zeros(1, np.float32), {"count": 0}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if action == 1:
+            raise ZeroDivisionError("the env divided by zero")
+        if action == 2:
+            time.sleep(1.0)
+        self.count += 1
+        return np.full(1, self.count, np.float32), 1.0, False, False, {"count": self.count}
+
+
+def faulty(env_id: str | None = None, **kwargs: Any) -> FaultyEnv:
+    """An env factory for ``relay.serve``: a :class:`FaultyEnv` whatever the id."""
+    return FaultyEnv()
 
 
 class TransportCompliance:

@@ -10,7 +10,7 @@ import pytest
 import relay
 from relay.connection import ClientConnection
 from relay.core.config import resolve_settings
-from relay.core.errors import CodecError, InvalidAction, Timeout
+from relay.core.errors import CodecError, InvalidAction
 from relay.core.messages import Made, Make, Observation, Reset, Step, Transition
 from relay.core.url import make_url
 
@@ -70,38 +70,6 @@ def test_an_action_that_cannot_be_encoded_leaves_the_connection_usable(connectio
     with pytest.raises(CodecError):
         connection.submit(Step(instance=instance, action=object()))
     assert isinstance(connection.call(Step(instance=instance, action=0)), Transition)
-
-
-class SlowStepEnv(gym.Env):
-    observation_space = gym.spaces.Discrete(100)
-    action_space = gym.spaces.Discrete(2)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.count = 0
-        return 0, {}
-
-    def step(self, action):
-        time.sleep(0.3)
-        self.count += 1
-        return self.count, 0.0, False, False, {}
-
-
-def test_receive_times_out_at_the_request_deadline():
-    server = relay.serve(lambda env_id, **kwargs: SlowStepEnv(), "memory://0")
-    url = make_url(server.address)
-    conn = ClientConnection.open(url, resolve_settings(url))
-    try:
-        instance, _ = make_and_reset(conn)
-        pending = conn.submit(Step(instance=instance, action=1), timeout=0.1)
-        with pytest.raises(Timeout, match="Step got no answer within 0.1 s"):
-            conn.receive(pending)
-        # its late answer (count 1) is dropped, never taken for the next request's
-        assert conn.call(Step(instance=instance, action=1)).obs == 2
-        assert conn.session.dropped == 1
-    finally:
-        conn.close()
-        server.close()
 
 
 def test_box_actions_are_taken_as_a_local_env_takes_them():

@@ -12,6 +12,7 @@ from gymnasium.utils.env_match import check_environments_match
 
 import relay
 from relay.core.errors import ConnectError, InvalidURL, UnknownScheme
+from relay.testing import faulty
 
 
 @pytest.fixture
@@ -133,30 +134,6 @@ def test_several_clients_each_with_own_env(serve):
     finally:
         for remote in clients:
             remote.close()
-
-
-class FaultyEnv(gym.Env):
-    """Raises on action 1, sleeps on action 2 (seconds in info), else counts."""
-
-    observation_space = gym.spaces.Box(0, 1000, (1,), np.float32)
-    action_space = gym.spaces.Discrete(3)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.count = 0
-        return np.zeros(1, np.float32), {}
-
-    def step(self, action):
-        if action == 1:
-            raise ZeroDivisionError("the env divided by zero")
-        if action == 2:
-            time.sleep(1.0)
-        self.count += 1
-        return np.full(1, self.count, np.float32), 1.0, False, False, {}
-
-
-def faulty(env_id=None, **kwargs):
-    return FaultyEnv()
 
 
 def test_env_exception_comes_back_and_server_keeps_serving(serve):

@@ -10,6 +10,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 import relay
 from relay.adapters.vector import RemoteVectorEnv
+from relay.testing import faulty
 
 
 @pytest.fixture
@@ -177,30 +178,6 @@ def test_mountain_car_continuous_box_actions(serve_tcp):
     finally:
         remote.close()
         local.close()
-
-
-class FaultyEnv(gym.Env):
-    """Raises on action 1, sleeps 1 s on action 2, else counts (the count is the obs)."""
-
-    observation_space = gym.spaces.Box(0, 1000, (1,), np.float32)
-    action_space = gym.spaces.Discrete(3)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.count = 0
-        return np.zeros(1, np.float32), {"count": 0}
-
-    def step(self, action):
-        if action == 1:
-            raise ZeroDivisionError("the env divided by zero")
-        if action == 2:
-            time.sleep(1.0)
-        self.count += 1
-        return np.full(1, self.count, np.float32), 1.0, False, False, {"count": self.count}
-
-
-def faulty(env_id=None, **kwargs):
-    return FaultyEnv()
 
 
 def test_env_exception_names_the_sub_env_and_others_stay_in_step(serve_tcp):
