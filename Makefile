@@ -15,8 +15,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml $(wildcard plugins/*/pyproject.toml) | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test]' $(foreach p,$(wildcard plugins/*/pyproject.toml),-e $(dir $(p)))
+$(VENV)/.installed-test: pyproject.toml benchmarks/pyproject.toml $(wildcard plugins/*/pyproject.toml) | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]' -e benchmarks $(foreach p,$(wildcard plugins/*/pyproject.toml),-e $(dir $(p)))
 	touch $(VENV)/.installed $@
 
 demo: $(VENV)/.installed
@@ -40,7 +40,7 @@ bench: $(VENV)/.installed-test
 lint: $(VENV)/.installed-test
 	$(BIN)/python -m pip install -q -e '.[lint]'
 	$(BIN)/ruff check relay tests plugins benchmarks
-	$(BIN)/mypy relay
+	$(BIN)/mypy relay benchmarks/relay_bench
 
 clean:
 	rm -rf $(VENV)

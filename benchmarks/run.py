@@ -1,12 +1,12 @@
 """Round-trip benchmark of relay's transports: ``python benchmarks/run.py --help``.
 
-A thin wrapper around :mod:`relay.bench` (also ``relay bench``); results go to
-``benchmarks/results/`` (git-ignored) as CSV and Markdown.
+The same as ``relay bench`` (:mod:`relay_bench`, found next to this file, so
+it runs from a checkout without installing ``benchmarks/``).
 """
 
 import sys
 
-from relay.bench import main
+from relay_bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -121,22 +121,20 @@ def demo(env_id: str, url: str | None, episodes: int) -> None:
             server.wait(10)
 
 
-@main.command()
-@click.option("--steps", default=2000, show_default=True, type=int,
-              help="Timed steps per row and payload.")
-@click.option("--only", default="", help="Comma-separated substrings of row names "
-              "(their baselines and in-process are added).")
-@click.option("--payloads", default="S,M,L", show_default=True,
-              help="S: CartPole, M: 84x84x4 uint8, L: 3x224x224 uint8.")
-@click.option("--rounds", default=1, show_default=True, type=int,
-              help="Run every row this many times, round after round (shared-machine noise).")
-@click.option("--out", default="benchmarks/results", show_default=True,
-              help="Directory for the CSV and Markdown results ('' for none).")
-def bench(steps: int, only: str, payloads: str, rounds: int, out: str) -> None:
-    """Median round trip per env.step over every transport vs raw libraries."""
-    from relay.bench import bench as run_bench
-
-    sys.exit(run_bench(steps=steps, only=only, payloads=payloads, out=out, rounds=rounds))
+@main.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: tuple[str, ...]) -> None:
+    """Median round trip per env.step over every transport vs raw libraries
+    (relay bench --help: the options)."""
+    try:
+        from relay_bench import main as bench_main
+    except ModuleNotFoundError as exc:
+        if exc.name != "relay_bench":
+            raise
+        raise click.ClickException(
+            "relay bench needs the benchmark harness, which is not installed: in a checkout "
+            "of relay, `pip install -e benchmarks` (or run `python benchmarks/run.py`)") from None
+    sys.exit(bench_main(list(args)))
 
 
 @main.command()

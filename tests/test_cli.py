@@ -1,18 +1,25 @@
 """The relay command, run as a user would: separate processes."""
 
 import csv
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+
+from relay.cli import main
 
 RELAY = [sys.executable, "-m", "relay"]
+BENCHMARKS = str(Path(__file__).parents[1] / "benchmarks")  # relay_bench, installed or not
 
 
-def run(*args, timeout=60):
+def run(*args, timeout=60, cwd=None, env=()):
+    path = os.pathsep.join(filter(None, [BENCHMARKS, os.environ.get("PYTHONPATH")]))
     return subprocess.run([*RELAY, *args], capture_output=True, text=True, timeout=timeout,
-                          check=False)
+                          check=False, cwd=cwd, env={**os.environ, "PYTHONPATH": path, **dict(env)})
 
 
 def test_demo_serves_in_a_background_process_and_drives_it():
@@ -90,3 +97,18 @@ def test_bench_prints_and_writes_the_rows_asked_for(tmp_path):
     assert {"in-process", "relay layers, no transport", "relay tcp://",
             "raw pyzmq tcp"} <= rows
     assert "relay layers, no transport" in result.stdout
+
+
+def test_bench_without_the_harness_says_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "relay_bench", None)  # as if not installed
+    result = CliRunner().invoke(main, ["bench", "--steps", "10"])
+    assert result.exit_code == 1
+    assert "pip install -e benchmarks" in result.output and "benchmarks/run.py" in result.output
+
+
+def test_bench_writes_to_the_user_cache_by_default(tmp_path):
+    result = run("bench", "--only", "in-process", "--payloads", "S", "--steps", "30",
+                 timeout=120, cwd=tmp_path, env={"XDG_CACHE_HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "relay" / "bench").glob("bench-*.csv"))) == 1
+    assert not (tmp_path / "benchmarks").exists()

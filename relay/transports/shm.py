@@ -68,7 +68,7 @@ Growth
     frames into free ring space before it knows the total); a received
     record over the receiver's limit drops the connection (``ConnectionLost``).
 
-Wake-up (chosen by benchmark: ``relay/transports/shm_bench.py``)
+Wake-up (chosen by benchmark: ``benchmarks/relay_bench/cases/shm.py``)
     After publishing, the writer posts the reader's semaphore (``sem_post``:
     an atomic increment, a futex syscall only when someone sleeps) if the
     reader's ``rwait`` word says it may be asleep; the writer reads it after

@@ -5,7 +5,7 @@
   ``DmEnvAdaptor``, bad input from a stock client, several clients, a killed
   client;
 * relay's Gymnasium client against a stock server written with dm_env_rpc's
-  own modules only (:mod:`relay.compat.dm_env_rpc.reference`).
+  own modules only (:mod:`relay_bench.peers.dm_env_rpc_reference`).
 
 The compliance module is imported, not its classes, so pytest does not
 collect the abstract bases themselves.
@@ -44,10 +44,10 @@ from google.rpc import code_pb2
 from gymnasium.utils.env_checker import check_env
 
 import relay
-import relay.bench  # noqa: F401  (registers relay-bench/FixedObs-v0)
-from relay.compat.dm_env_rpc import reference
 from relay.core.errors import ConfigError
 from relay.server import gymnasium_factory
+from relay_bench import envs  # noqa: F401  (registers relay-bench/FixedObs-v0)
+from relay_bench.peers import dm_env_rpc_reference as reference
 
 # -- environments -------------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ ACTIONS = (0, 1, 1, 0)
 
 RECORDED: dict[str, Any] = {
     # CartPole-v1 hosted by the real Gymie server through Gymie's get_env
-    # override (relay/compat/gymie_launcher.py): the same gymnasium env relay
+    # override (relay_bench/peers/gymie_launcher.py): the same gymnasium env relay
     # serves, so the same numbers; make with seed 3, then reset, steps ACTIONS.
     "reset": "[-0.041435081511735916, -0.026318948715925217, 0.030127447098493576, "
              "0.008216203190386295]",
@@ -600,7 +600,7 @@ def test_client_connect_errors() -> None:
 @pytest.fixture(scope="session")
 def real_gymie() -> Iterator[str]:
     """The real Gymie 0.5.4 server's URL; it also hosts gymnasium envs as ``gymnasium/<id>``."""
-    from relay.compat.gymie_peer import GymieVenvError, ensure_gymie_venv, real_gymie_server
+    from relay_bench.peers.gymie_server import GymieVenvError, ensure_gymie_venv, real_gymie_server
 
     try:
         python = ensure_gymie_venv()

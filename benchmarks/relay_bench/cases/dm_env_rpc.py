@@ -1,12 +1,13 @@
-"""Benchmark rows for dm_env_rpc (registered in :data:`relay.bench.CASE_MODULES`).
+"""Benchmark rows for dm_env_rpc (listed in :data:`relay_bench.harness.CASE_MODULES`).
 
 =========================================  ===================================================
 row                                        what is timed (one ``step``)
 =========================================  ===================================================
 ``dm_env_rpc stock client -> reference``   dm_env_rpc's ``DmEnvAdaptor`` against a stock
-                                           server (:class:`.reference.PayloadService`: a fixed
-                                           observation of the payload's shape and dtype) in
-                                           another process: the baseline of the rows below
+                                           server (``PayloadService`` of
+                                           :mod:`relay_bench.peers.dm_env_rpc_reference`: a
+                                           fixed observation of the payload's shape and dtype)
+                                           in another process: the baseline of the rows below
 ``dm_env_rpc stock client -> relay``       the same client against ``relay.serve(...,
                                            "grpc://...?codec=dm_env_rpc")`` in another process
 ``relay grpc:// codec=dm_env_rpc``         relay's Gymnasium client with ``?codec=dm_env_rpc``
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from relay.bench import WARMUP, CaseResult, Payload, Unavailable, bench_case, spawn_server
+from relay_bench.harness import WARMUP, CaseResult, Payload, Unavailable, bench_case, spawn_server
 
 BASELINE = "dm_env_rpc stock client -> reference"
 BUDGET = 10.0
@@ -85,12 +86,12 @@ def _stock_rows(address: str, settings_of: Callable[[Payload], dict[str, Any]],
 
 
 def _relay_server() -> Any:
-    return spawn_server([sys.executable, "-m", "relay.bench", "_serve-relay",
+    return spawn_server([sys.executable, "-m", "relay_bench", "_serve-relay",
                          "grpc://127.0.0.1:0?codec=dm_env_rpc"])
 
 
 def _reference_server() -> Any:
-    return spawn_server([sys.executable, "-m", "relay.compat.dm_env_rpc.bench"])
+    return spawn_server([sys.executable, "-m", "relay_bench.cases.dm_env_rpc"])
 
 
 @bench_case(BASELINE, group="raw")
@@ -155,7 +156,7 @@ def relay_vs_reference(payloads: Sequence[Payload], steps: int) -> CaseResult:
 
 def _serve_reference() -> None:
     """Run the stock payload server; print its port, serve until killed."""
-    from relay.compat.dm_env_rpc.reference import PayloadService, start
+    from relay_bench.peers.dm_env_rpc_reference import PayloadService, start
 
     server, port = start(PayloadService())
     print(port, flush=True)

@@ -1,7 +1,7 @@
 """Start the real Gymie 0.5.4 server; this file runs inside Gymie's own venv.
 
 It imports nothing from relay (that venv has gym 0.17.3, eventlet, Gymie and
-Gymnasium, see :mod:`relay.compat.gymie_peer`) and starts Gymie with its
+Gymnasium, see :mod:`relay_bench.peers.gymie_server`) and starts Gymie with its
 documented programmatic API, ``gymie.start(host, port)``.  With
 ``--gymnasium-prefix P`` it also installs Gymie's documented extension point
 ``@gymie.override("get_env")`` so that an id ``P<id>`` (``gymnasium/CartPole-v1``)
@@ -27,11 +27,6 @@ import importlib.util
 import json
 import os
 import sys
-
-# This file sits next to relay's own gymie.py: keep its directory off the path
-# so that ``import gymie`` finds the real Gymie package.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 
 def _old_space(space):

@@ -1,4 +1,4 @@
-"""Benchmark rows for the WebSocket transport (imported by :mod:`relay.bench`).
+"""Benchmark rows for the WebSocket transport.
 
 * ``raw websockets``: a ping-pong with the websockets library alone (sync API,
   no compression, server in a separate process) of the very bytes relay puts
@@ -7,11 +7,11 @@
   ``relay wss://`` rows.
 * ``relay ws channel only``: relay's ws transport alone (its framing, no
   codec, no session, no environment) with the same bytes: the transport's
-  share of a ``relay ws://`` step (:func:`relay.bench.channel_case`).
+  share of a ``relay ws://`` step (:func:`relay_bench.harness.channel_case`).
 * ``relay wss://`` gets a listen URL with a self-signed certificate made here
   (only if the ``cryptography`` package is installed).
 
-Server process: ``python -m relay.transports.ws_bench ws://127.0.0.1:0``
+Server process: ``python -m relay_bench.cases.ws ws://127.0.0.1:0``
 prints its address, then answers every message with the reply bytes of the
 payload named by the client's first message.
 """
@@ -21,7 +21,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from relay.bench import (
+from relay.transports.ws import pack_header
+from relay_bench.harness import (
     BASELINES,
     LISTEN_URLS,
     CaseResult,
@@ -33,7 +34,6 @@ from relay.bench import (
     time_calls,
     tls_files,
 )
-from relay.transports.ws import pack_header
 
 RAW = "raw websockets"
 
@@ -47,7 +47,7 @@ def framed(frames: Sequence[bytes]) -> bytes:
 def raw_websockets(payloads: Sequence[Payload], steps: int) -> CaseResult:
     import websockets.sync.client as ws_client
 
-    argv = [sys.executable, "-m", "relay.transports.ws_bench", "ws://127.0.0.1:0"]
+    argv = [sys.executable, "-m", "relay_bench.cases.ws", "ws://127.0.0.1:0"]
     with spawn_server(argv) as address:
         for payload in payloads:
             request = framed(payload.wire_frames()[0])
@@ -73,7 +73,7 @@ bench_case(CHANNEL, group="raw")(channel_case("ws://127.0.0.1:0"))
 def _serve(url: str) -> None:
     import websockets.sync.server as ws_server
 
-    from relay.bench import PAYLOADS
+    from relay_bench.harness import PAYLOADS
 
     replies = {name: framed(p.wire_frames()[1]) for name, p in PAYLOADS.items()}
 

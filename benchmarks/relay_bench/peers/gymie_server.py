@@ -4,7 +4,7 @@ Gymie 0.5.4 pins gym 0.17.3 and eventlet 0.28 (which fails at import on
 Python 3.11), so it lives in a venv of its own, never in relay's:
 :func:`ensure_gymie_venv` builds it once (``pip install gymie==0.5.4``, then
 ``eventlet==0.36.1 'dnspython>=2'``, then the Gymnasium version relay runs
-with, for :mod:`relay.compat.gymie_launcher`'s Gymnasium-hosting mode) and
+with, for :mod:`relay_bench.peers.gymie_launcher`'s Gymnasium-hosting mode) and
 reuses it while its requirements stay the same.  :func:`real_gymie_server` runs the server as a
 subprocess and always kills it.
 """
@@ -121,9 +121,9 @@ def real_gymie_server(
     Args:
         python: from :func:`ensure_gymie_venv`.
         gymnasium_prefix: also host Gymnasium envs under this id prefix
-            (see :mod:`relay.compat.gymie_launcher`).
+            (see :mod:`relay_bench.peers.gymie_launcher`).
         register: ``ID=FILE:CLASS:KWARGS_JSON`` Gymnasium envs to register
-            first (see :mod:`relay.compat.gymie_launcher`).
+            first (see :mod:`relay_bench.peers.gymie_launcher`).
         start_timeout: seconds to wait for the server to listen.
 
     Raises:

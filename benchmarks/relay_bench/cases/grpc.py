@@ -2,7 +2,7 @@
 ``relay grpc:// channel only``.
 
 A grpcio bidirectional stream ping-pong, server in a separate process
-(``python -m relay.transports.grpc_bench`` prints its port), with no relay on
+(``python -m relay_bench.cases.grpc`` prints its port), with no relay on
 the hot path: the client sends the bytes relay's msgpack codec puts on the
 wire for one ``Step`` and the server answers with those of the
 ``Transition`` of the payload (frames joined into one gRPC message, as
@@ -12,7 +12,7 @@ response iterator; the server's handler is a generator over the requests.
 
 ``relay grpc:// channel only`` is the same ping-pong through relay's
 :class:`~relay.transports.grpc.GrpcChannel` on both ends
-(:func:`relay.bench.channel_case`).
+(:func:`relay_bench.harness.channel_case`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from typing import Any
 
 import grpc
 
-from relay.bench import (
+from relay.transports.grpc import _INTERNALS
+from relay_bench.harness import (
     BASELINES,
     LISTEN_URLS,
     PAYLOADS,
@@ -37,10 +38,9 @@ from relay.bench import (
     time_calls,
     tls_files,
 )
-from relay.transports.grpc import _INTERNALS
 
 NAME = "raw grpcio bidi"
-SERVICE = "relay.bench.Raw"
+SERVICE = "relay_bench.Raw"
 OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
 
@@ -48,7 +48,7 @@ OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_leng
 def raw_grpc(payloads: Sequence[Payload], steps: int) -> CaseResult:
     import grpc
 
-    with spawn_server([sys.executable, "-m", "relay.transports.grpc_bench"]) as port:
+    with spawn_server([sys.executable, "-m", "relay_bench.cases.grpc"]) as port:
         for payload in payloads:
             request = b"".join(payload.wire_frames()[0])
             channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=OPTIONS)

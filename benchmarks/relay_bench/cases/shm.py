@@ -1,6 +1,6 @@
-"""Benchmark rows for the shared-memory transport (imported by :mod:`relay.bench`).
+"""Benchmark rows for the shared-memory transport.
 
-* ``raw shm + semaphore``: the reference the issue asks for: two processes,
+* ``raw shm + semaphore``: the raw reference: two processes,
   two ``multiprocessing.shared_memory`` segments (one per direction) and two
   ``posix_ipc`` semaphores, with the *same* wake-up as ``shm://`` (poll for
   :data:`~relay.transports.shm.PURE_SPIN_NS`, then poll with ``sched_yield`` up
@@ -16,11 +16,11 @@
   that was measured and not chosen.
 * ``relay shm channel only``: the same bytes through relay's ``ShmChannel``
   (no codec, session or env): the transport's own share of a relay step
-  (:func:`relay.bench.channel_case`).
+  (:func:`relay_bench.harness.channel_case`).
 * ``relay shm:// spin=0`` and ``relay shm:// zero_copy``: relay over shm
   with spinning off (semaphore only) and with ``zero_copy=True``.
 
-Server process: ``python -m relay.transports.shm_bench raw sem|sock`` prints a
+Server process: ``python -m relay_bench.cases.shm raw sem|sock`` prints a
 JSON line with the names of the objects it created, then answers every
 request with the reply bytes of the payload named by the first request.
 
@@ -47,7 +47,9 @@ from typing import Any
 
 import posix_ipc
 
-from relay.bench import (
+from relay.transports.base import DEFAULT_SPIN_US
+from relay.transports.shm import PURE_SPIN_NS
+from relay_bench.harness import (
     BASELINES,
     LISTEN_URLS,
     CaseResult,
@@ -59,8 +61,6 @@ from relay.bench import (
     spawn_server,
     time_calls,
 )
-from relay.transports.base import DEFAULT_SPIN_US
-from relay.transports.shm import PURE_SPIN_NS
 
 RAW_SEM = "raw shm + semaphore"
 RAW_SOCK = "raw shm + socket doorbell"
@@ -136,7 +136,7 @@ class _RawEnd:
 
 def _raw_case(kind: str) -> Any:
     def run_case(payloads: Sequence[Payload], steps: int) -> CaseResult:
-        argv = [sys.executable, "-m", "relay.transports.shm_bench", "raw", kind]
+        argv = [sys.executable, "-m", "relay_bench.cases.shm", "raw", kind]
         with spawn_server(argv) as line:
             names = json.loads(line)
             c2s = shared_memory.SharedMemory(names["c2s"])
@@ -197,7 +197,7 @@ LISTEN_URLS.setdefault("shm", "shm://relay-bench-{uid}")
 def _serve_raw(kind: str) -> None:
     import signal
 
-    from relay.bench import PAYLOADS
+    from relay_bench.harness import PAYLOADS
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the finally: unlink all
 

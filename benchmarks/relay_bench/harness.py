@@ -1,4 +1,4 @@
-"""The round-trip benchmark: ``relay bench`` / ``python benchmarks/run.py``.
+"""The round-trip benchmark's harness: ``relay bench`` / ``python benchmarks/run.py``.
 
 Measures the median (and p90) time of one ``env.step`` round trip, in µs, for
 three payloads, over every registered relay transport and against baselines:
@@ -19,7 +19,8 @@ separate process, of the very bytes relay's msgpack codec puts on the wire for
 that step, no relay on the hot path); ``gymnasium AsyncVectorEnv`` (one env,
 ``shared_memory=True``).  Each row shows its ratio to its *baseline* row
 (the raw library under the same transport) and to ``in-process``.  Results go
-to a table on stdout and to ``benchmarks/results/bench-<time>.{csv,md}``.
+to a table on stdout and to ``bench-<time>.{csv,md}`` in ``--out`` (default:
+:data:`DEFAULT_OUT`, the user's cache directory).
 
 How to add a row
 ----------------
@@ -41,13 +42,14 @@ steps, does its set-up once (e.g. spawns a server process), and yields
                 ...
                 yield payload.name, time_calls(one_round_trip, steps)
 
-Put it in this module, or in your own module listed in :data:`CASE_MODULES`
-(imported when the benchmark starts).  Then ``BASELINES["grpc"] = "raw grpcio
-bidi"`` makes it the baseline of the ``relay grpc://`` row.  A case that
-needs something missing raises :class:`Unavailable` (the row is skipped
-with the reason).
+Put it in a module of :mod:`relay_bench.cases`, or in your own module, and
+list it in :data:`CASE_MODULES` (imported when the benchmark starts).  Then
+``BASELINES["grpc"] = "raw grpcio bidi"`` makes it the baseline of the
+``relay grpc://`` row.  A case that needs something missing raises
+:class:`Unavailable` (the row is skipped with the reason).
 
-Noise: the machines are shared; compare rows inside one run, and run twice.
+Noise: compare rows inside one run, and run twice (or use ``--rounds``): a
+busy machine slows every row of a round alike.
 """
 
 from __future__ import annotations
@@ -75,11 +77,15 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from platformdirs import user_cache_path
+
+from relay_bench.envs import FIXED_OBS_ID, FixedObsEnv
 
 __all__ = [
     "BASELINES",
     "CASES",
     "CASE_MODULES",
+    "DEFAULT_OUT",
     "FIXED_OBS_ID",
     "IN_PROCESS",
     "LISTEN_URLS",
@@ -94,6 +100,7 @@ __all__ = [
     "channel_case",
     "main",
     "relay_case",
+    "relay_server",
     "run",
     "spawn_server",
     "time_calls",
@@ -101,7 +108,6 @@ __all__ = [
     "tls_files",
 ]
 
-FIXED_OBS_ID = "relay-bench/FixedObs-v0"
 IN_PROCESS = "in-process"
 
 CaseResult = Iterator[tuple[str, Sequence[float]]]
@@ -110,34 +116,6 @@ CaseResult = Iterator[tuple[str, Sequence[float]]]
 
 class Unavailable(Exception):
     """Raised by a case that cannot run here (missing package, plugin...)."""
-
-
-# -- the synthetic environment ------------------------------------------------------
-
-
-class FixedObsEnv(gym.Env):
-    """Returns the same random observation of ``shape``/``dtype`` at every step.
-
-    Action space ``Discrete(2)``; reward 1.0; never terminates.  Making the
-    observation costs nothing, so a round trip measures only the transport.
-    """
-
-    def __init__(self, shape: Sequence[int] = (84, 84, 4), dtype: str = "uint8") -> None:
-        self.observation_space = gym.spaces.Box(0, 255, tuple(shape), np.dtype(dtype))
-        self.action_space = gym.spaces.Discrete(2)
-        self._obs = np.random.default_rng(0).integers(0, 256, tuple(shape)).astype(dtype)
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
-              ) -> tuple[np.ndarray, dict[str, Any]]:
-        super().reset(seed=seed)
-        return self._obs, {}
-
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        return self._obs, 1.0, False, False, {}
-
-
-if FIXED_OBS_ID not in gym.registry:
-    gym.register(FIXED_OBS_ID, entry_point="relay.bench:FixedObsEnv", disable_env_checker=True)
 
 
 # -- payloads -------------------------------------------------------------------------
@@ -153,7 +131,7 @@ class Payload:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def make_env(self) -> gym.Env:
-        """The env, made in this process."""
+        """The env, made in this process (picklable: a vector env's worker can call it)."""
         return gym.make(self.env_id, **self.env_kwargs)
 
     def sample_obs(self) -> np.ndarray:
@@ -270,12 +248,18 @@ def spawn_server(argv: Sequence[str], *, ready_timeout: float = 60.0,
     The process must print one line (usually its address) once it serves; it is
     terminated (then killed) on exit.
 
+    The directory holding :mod:`relay_bench` leads the process's ``PYTHONPATH``,
+    so ``python -m relay_bench...`` works there whether the harness is installed
+    or run from a checkout (``python benchmarks/run.py``).
+
     Raises:
         Unavailable: it exited or printed nothing within ``ready_timeout`` seconds.
     """
+    path = os.pathsep.join(p for p in (_HOME, os.environ.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path,
+                                 **(env or {})})
     try:
         assert proc.stdout is not None and proc.stderr is not None
         ready, _, _ = select.select([proc.stdout], [], [], ready_timeout)
@@ -298,8 +282,12 @@ def spawn_server(argv: Sequence[str], *, ready_timeout: float = 60.0,
                 stream.close()
 
 
+_HOME = str(Path(__file__).resolve().parents[1])
+"""The directory holding the ``relay_bench`` package."""
+
+
 def _python(*args: str) -> list[str]:
-    return [sys.executable, "-m", "relay.bench", *args]
+    return [sys.executable, "-m", "relay_bench", *args]
 
 
 # -- the case registry ----------------------------------------------------------------
@@ -319,9 +307,8 @@ class Case:
 CASES: dict[str, Case] = {}
 """Registered cases by name, in registration order."""
 
-CASE_MODULES: list[str] = ["relay.compat.gymie_bench", "relay.transports.ws_bench",
-                           "relay.compat.dm_env_rpc.bench", "relay.transports.shm_bench",
-                           "relay.transports.grpc_bench", "relay.adapters.vector_bench"]
+CASE_MODULES: list[str] = [f"relay_bench.cases.{name}" for name in
+                           ("gymie", "ws", "dm_env_rpc", "shm", "grpc", "vector")]
 """Modules imported before a run so that their ``@bench_case`` functions register."""
 
 LISTEN_URLS: dict[str, str] = {
@@ -436,33 +423,41 @@ def layers_only(payloads: Sequence[Payload], steps: int) -> CaseResult:
             env.host.close()
 
 
+@contextlib.contextmanager
+def relay_server(url_template: str) -> Iterator[str]:
+    """``relay.serve(None, url)`` listening on ``url_template`` (``{tmp}``, ``{uid}``
+    as in :data:`LISTEN_URLS`) in a server process, or in this process for
+    :data:`IN_PROCESS_SCHEMES`; yields its address."""
+    import relay
+    from relay.core.url import make_url
+
+    tmp = tempfile.mkdtemp(prefix="rb-")
+    try:
+        url = url_template.format(tmp=tmp, uid=secrets.token_hex(4))
+        if make_url(url).scheme in IN_PROCESS_SCHEMES:
+            with relay.serve(None, url) as server:
+                yield str(server.address)
+        else:
+            with spawn_server(_python("_serve-relay", url)) as address:
+                yield address
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def relay_case(url_template: str) -> Callable[[Sequence[Payload], int], CaseResult]:
-    """A relay row: ``env.step`` of :func:`relay.make` against a relay server
-    listening on ``url_template`` (``{tmp}``, ``{uid}`` as in :data:`LISTEN_URLS`;
-    a server process, or this process for :data:`IN_PROCESS_SCHEMES`)."""
+    """A relay row: ``env.step`` of :func:`relay.make` against
+    :func:`relay_server` ``(url_template)``."""
 
     def run_case(payloads: Sequence[Payload], steps: int) -> CaseResult:
         import relay
-        from relay.core.url import make_url
 
-        tmp = tempfile.mkdtemp(prefix="rb-")
-        try:
-            url = url_template.format(tmp=tmp, uid=secrets.token_hex(4))
-            scheme = make_url(url).scheme
-            if scheme in IN_PROCESS_SCHEMES:
-                server_cm: Any = relay.serve(None, url)
-            else:
-                server_cm = spawn_server(_python("_serve-relay", url))
-            with server_cm as server:
-                address = server if isinstance(server, str) else server.address
-                for payload in payloads:
-                    env = relay.make(address, payload.env_id, **payload.env_kwargs)
-                    try:
-                        yield payload.name, time_env(env, steps)
-                    finally:
-                        env.close()
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with relay_server(url_template) as address:
+            for payload in payloads:
+                env = relay.make(address, payload.env_id, **payload.env_kwargs)
+                try:
+                    yield payload.name, time_env(env, steps)
+                finally:
+                    env.close()
 
     return run_case
 
@@ -522,7 +517,7 @@ def channel_case(url_template: str) -> Callable[[Sequence[Payload], int], CaseRe
 
     ``url_template`` is the server's listen URL (``{tmp}``: a fresh temporary
     directory, ``{uid}``: a random hex string).  The server process
-    (``python -m relay.bench _serve-channel URL``) answers every message with
+    (``python -m relay_bench _serve-channel URL``) answers every message with
     the reply frames of the payload named last (see :func:`_serve_channel`).
     """
 
@@ -564,12 +559,6 @@ bench_case("relay zmq+tcp channel only", group="transport",
            baseline="raw pyzmq tcp")(channel_case("zmq+tcp://127.0.0.1:0"))
 
 
-def _make_payload_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
-    import relay.bench  # noqa: F401  (registers FixedObs-v0 in a spawned worker)
-
-    return gym.make(env_id, **env_kwargs)
-
-
 def _step_vector(venv: gym.vector.VectorEnv, actions: Iterator[np.ndarray]) -> None:
     venv.step(next(actions))
 
@@ -578,7 +567,7 @@ def _step_vector(venv: gym.vector.VectorEnv, actions: Iterator[np.ndarray]) -> N
 def async_vector_env(payloads: Sequence[Payload], steps: int) -> CaseResult:
     for payload in payloads:
         venv = gym.vector.AsyncVectorEnv(
-            [functools.partial(_make_payload_env, payload.env_id, payload.env_kwargs)],
+            [payload.make_env],
             shared_memory=True)
         try:
             venv.reset(seed=0)
@@ -800,24 +789,33 @@ def report(results: Sequence[Result], payloads: Sequence[str], out_dir: Path | N
     return csv_path, md_path
 
 
+DEFAULT_OUT = user_cache_path("relay") / "bench"
+"""Where results go unless ``--out`` says otherwise (``~/.cache/relay/bench`` on Linux)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python benchmarks/run.py [--steps N] [--only SUBSTR] [--payloads S,M,L]``."""
-    parser = argparse.ArgumentParser(prog="relay bench", description=__doc__.split("\n")[0])
+    """``relay bench`` and ``python benchmarks/run.py``: parse ``argv``, run, report.
+
+    Returns the exit code (2 for unknown payloads)."""
+    parser = argparse.ArgumentParser(
+        prog="relay bench",
+        description="Median round trip per env.step over every transport vs raw libraries.")
     parser.add_argument("--steps", type=int, default=2000, help="timed steps per row and payload")
     parser.add_argument("--only", default="",
                         help="comma-separated substrings of case names (baselines are added)")
     parser.add_argument("--payloads", default="S,M,L", help="comma-separated subset of S,M,L")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every row this many times, round after round (noise)")
-    parser.add_argument("--out", default="benchmarks/results",
-                        help="directory for the CSV and Markdown results ('' for none)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT),
+                        help="directory for the CSV and Markdown results ('' for none; "
+                        "default: %(default)s)")
     args = parser.parse_args(argv)
     return bench(steps=args.steps, only=args.only, payloads=args.payloads, out=args.out,
                  rounds=args.rounds)
 
 
 def bench(*, steps: int, only: str, payloads: str, out: str, rounds: int = 1) -> int:
-    """The body of ``relay bench`` and ``benchmarks/run.py``; returns an exit code."""
+    """Run and report (the body of :func:`main`); returns an exit code."""
     chosen = [p.strip().upper() for p in payloads.split(",") if p.strip()]
     unknown = [p for p in chosen if p not in PAYLOADS]
     if unknown or not chosen:
@@ -835,27 +833,13 @@ def bench(*, steps: int, only: str, payloads: str, out: str, rounds: int = 1) ->
     return 0
 
 
-def _internal(argv: Sequence[str]) -> None:
-    command, arg = argv
+def internal(command: str, arg: str) -> None:
+    """Run a server process of a row: ``python -m relay_bench _serve-... ARG``."""
+    servers = {"_serve-relay": _serve_relay, "_serve-raw-zmq": _serve_raw_zmq,
+               "_serve-channel": _serve_channel}
+    if command not in servers:
+        raise SystemExit(f"unknown command {command}")
     try:
-        if command == "_serve-relay":
-            _serve_relay(arg)
-        elif command == "_serve-raw-zmq":
-            _serve_raw_zmq(arg)
-        elif command == "_serve-channel":
-            _serve_channel(arg)
-        else:
-            raise SystemExit(f"unknown command {command}")
+        servers[command](arg)
     except KeyboardInterrupt:
         pass
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1].startswith("_"):
-        _internal(sys.argv[1:])
-    else:
-        # run the importable module, not this __main__ copy: the case modules
-        # register their rows in ``relay.bench``
-        from relay.bench import main as bench_main
-
-        sys.exit(bench_main())

@@ -1,4 +1,4 @@
-"""Benchmark rows for the vector env (imported by :mod:`relay.bench`).
+"""Benchmark rows for the vector env.
 
 One timed call is one ``VectorEnv.step`` of :data:`NUM_ENVS` sub-environments
 of the payload's env (actions all 1, then all 0, ...; autoresets, NEXT_STEP,
@@ -16,33 +16,23 @@ included as each vectorizer does them), median µs per *vector* step:
   (four server threads, one per sub-env, spin for their next request and
   compete for the cores and the GIL: this row shows what the spin buys).
 
-Run: ``python -m relay.bench --only "vector x4" --payloads S``.
+Run: ``relay bench --only "vector x4" --payloads S``.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import secrets
-import shutil
-import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from relay.bench import CaseResult, Payload, bench_case, spawn_server, time_calls
+from relay_bench.harness import CaseResult, Payload, bench_case, relay_server, time_calls
 
 NUM_ENVS = 4
 ASYNC = f"vector x{NUM_ENVS} gymnasium AsyncVectorEnv shm"
-
-
-def _make_env(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
-    import relay.bench  # noqa: F401  (registers FixedObs-v0 in a spawned worker)
-
-    return gym.make(env_id, **env_kwargs)
 
 
 def _step(venv: gym.vector.VectorEnv, actions: Iterator[np.ndarray]) -> None:
@@ -58,8 +48,7 @@ def _time_vector(venv: gym.vector.VectorEnv, steps: int) -> list[float]:
 def _gymnasium_case(kind: str) -> Any:
     def run_case(payloads: Sequence[Payload], steps: int) -> CaseResult:
         for payload in payloads:
-            fns = [functools.partial(_make_env, payload.env_id, payload.env_kwargs)
-                   for _ in range(NUM_ENVS)]
+            fns = [payload.make_env] * NUM_ENVS
             venv: gym.vector.VectorEnv = (
                 gym.vector.SyncVectorEnv(fns) if kind == "sync"
                 else gym.vector.AsyncVectorEnv(fns, shared_memory=True))
@@ -75,20 +64,14 @@ def _relay_case(template: str) -> Any:
     def run_case(payloads: Sequence[Payload], steps: int) -> CaseResult:
         import relay
 
-        tmp = tempfile.mkdtemp(prefix="rvb-")
-        try:
-            url = template.format(tmp=tmp, uid=secrets.token_hex(4))
-            argv = [sys.executable, "-m", "relay.bench", "_serve-relay", url]
-            with spawn_server(argv) as address:
-                for payload in payloads:
-                    venv = relay.make_vec(address, payload.env_id, num_envs=NUM_ENVS,
-                                          **payload.env_kwargs)
-                    try:
-                        yield payload.name, _time_vector(venv, steps)
-                    finally:
-                        venv.close()
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with relay_server(template) as address:
+            for payload in payloads:
+                venv = relay.make_vec(address, payload.env_id, num_envs=NUM_ENVS,
+                                      **payload.env_kwargs)
+                try:
+                    yield payload.name, _time_vector(venv, steps)
+                finally:
+                    venv.close()
 
     return run_case
 

@@ -1,13 +1,13 @@
 """Benchmark rows for Gymie's protocol: the real Gymie 0.5.4 server vs relay's Gymie mode.
 
-Imported by :mod:`relay.bench` (listed in ``CASE_MODULES``).  Rows:
+Listed in :data:`relay_bench.harness.CASE_MODULES`.  Rows:
 
 ``real Gymie 0.5.4``
-    The real server (:mod:`relay.compat.gymie_peer`, its own venv, built on
+    The real server (:mod:`relay_bench.peers.gymie_server`, its own venv, built on
     first use).  S is its own gym 0.17.3 ``CartPole-v1``; M and L are relay's
-    :class:`~relay.bench.FixedObsEnv` (``relay/bench.py`` loaded there by
-    path), hosted through Gymie's documented ``@override("get_env")``
-    (:mod:`relay.compat.gymie_launcher`).
+    :class:`~relay_bench.envs.FixedObsEnv` (``relay_bench/envs.py`` loaded there
+    by path), hosted through Gymie's documented ``@override("get_env")``
+    (:mod:`relay_bench.peers.gymie_launcher`).
     The client offers per-message deflate, as browsers and the websockets
     library do; Gymie's eventlet accepts it.
 ``real Gymie 0.5.4, no deflate``
@@ -38,13 +38,14 @@ from typing import Any
 
 import gymnasium as gym
 
-from relay.bench import (
+from relay_bench.harness import (
     PAYLOADS,
     WARMUP,
     CaseResult,
     Payload,
     Unavailable,
     bench_case,
+    internal,
     spawn_server,
     time_env,
 )
@@ -67,7 +68,7 @@ def _register() -> None:
     for payload in PAYLOADS.values():
         name = env_id(payload)
         if payload.env_id != "CartPole-v1" and name not in gym.registry:
-            gym.register(name, entry_point="relay.bench:FixedObsEnv",
+            gym.register(name, entry_point="relay_bench.envs:FixedObsEnv",
                          kwargs=dict(payload.env_kwargs), disable_env_checker=True)
 
 
@@ -122,7 +123,7 @@ def drive(url: str, env: str, steps: int, *, deflate: bool) -> list[float]:
 
 
 def _real_server(payloads: Sequence[Payload]) -> Any:
-    from relay.compat.gymie_peer import GymieVenvError, ensure_gymie_venv, real_gymie_server
+    from relay_bench.peers.gymie_server import GymieVenvError, ensure_gymie_venv, real_gymie_server
 
     try:
         python = ensure_gymie_venv()
@@ -137,10 +138,10 @@ def _ids(payload: Payload, real: bool) -> str:
 
 
 def _registrations() -> list[str]:
-    """The payload envs, for the real server: relay.bench's file, loaded by path there."""
-    import relay.bench
+    """The payload envs, for the real server: relay_bench/envs.py, loaded by path there."""
+    import relay_bench.envs
 
-    return [f"{env_id(p)}={relay.bench.__file__}:FixedObsEnv:{json.dumps(p.env_kwargs)}"
+    return [f"{env_id(p)}={relay_bench.envs.__file__}:FixedObsEnv:{json.dumps(p.env_kwargs)}"
             for p in PAYLOADS.values() if p.env_id != "CartPole-v1"]
 
 
@@ -181,8 +182,7 @@ def real_gymie_no_deflate(payloads: Sequence[Payload], steps: int) -> CaseResult
 
 @bench_case("relay gymie-mode server", group="gymie", baseline=REAL)
 def relay_gymie(payloads: Sequence[Payload], steps: int) -> CaseResult:
-    argv = [sys.executable, "-m", "relay.compat.gymie_bench", "_serve",
-            "ws://127.0.0.1:0/gym?codec=gymie"]
+    argv = [sys.executable, "-m", "relay_bench.cases.gymie", "ws://127.0.0.1:0/gym?codec=gymie"]
     with spawn_server(argv) as address:
         url = address.split("?", 1)[0]
         for payload in payloads:
@@ -194,19 +194,5 @@ def relay_client_real_gymie(payloads: Sequence[Payload], steps: int) -> CaseResu
     yield from _real_rows(payloads, steps, deflate=False, relay_client=True)
 
 
-def _serve(url: str) -> None:
-    import relay
-
-    server = relay.serve(None, url)
-    print(server.address, flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "_serve":
-        _serve(sys.argv[2])
-    else:
-        raise SystemExit("usage: python -m relay.compat.gymie_bench _serve URL")
+if __name__ == "__main__":  # relay's gymie-mode server, with this module's env ids registered
+    internal("_serve-relay", sys.argv[1])
