@@ -119,7 +119,7 @@ from relay.core.messages import (
 from relay.core.url import URL
 from relay.server import ThreadedServer
 from relay.transports.base import spin_ns, spin_until
-from relay.transports.ws import server_ssl_context
+from relay.transports.ws import server_ssl_context, token_safe_logger
 
 __all__ = [
     "FLOAT32_MAX",
@@ -599,7 +599,8 @@ class GymieServer(ThreadedServer):
             sock.settimeout(self.settings.connect_timeout)
             if self._tls is not None:
                 sock = self._tls.wrap_socket(sock, server_side=True)
-            protocol = ServerProtocol(max_size=self.settings.max_message_size, logger=log)
+            protocol = ServerProtocol(max_size=self.settings.max_message_size,
+                                      logger=token_safe_logger(log))
             if self._handshake(sock, protocol):
                 host = EnvHost(self._factory)
                 session = GymieSession(host.handle)
@@ -822,7 +823,7 @@ class GymieClientConnection:
             websocket = connect(target, compression=None, max_size=settings.max_message_size,
                                 open_timeout=settings.connect_timeout, ping_interval=None,
                                 close_timeout=1, additional_headers=headers, proxy=None,
-                                **options)
+                                logger=token_safe_logger(log), **options)
         except InvalidStatus as exc:
             raise ConnectError(f"{target} refused the WebSocket: HTTP "
                                f"{exc.response.status_code}") from exc

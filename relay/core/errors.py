@@ -68,6 +68,10 @@ class InvalidURL(ConfigError):
     """A URL that cannot be parsed; the message says which part and why."""
 
     def __init__(self, url: str, reason: str) -> None:
+        from relay.core.url import mask_secrets  # url.py imports this module
+
+        # the URL may hold a token: the message, .url and .reason never show it
+        url, reason = mask_secrets(url), mask_secrets(reason)
         super().__init__(f"invalid relay URL {url!r}: {reason}")
         self.url = url
         self.reason = reason

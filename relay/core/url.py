@@ -16,10 +16,19 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 from relay.core.errors import InvalidURL
 
-__all__ = ["URL", "make_url"]
+__all__ = ["URL", "make_url", "mask_secrets"]
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9.\-]*(\+[a-z][a-z0-9.\-]*)*$")
 _SECRET_KEYS = frozenset({"token", "password"})
+_SECRET_VALUE = re.compile(
+    rf"((?:^|[?&;\s'\"])(?:{'|'.join(sorted(_SECRET_KEYS))})=)[^&#;\s'\"]*")
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` (a URL, or a message that quotes one) with the value of every
+    ``token=`` and ``password=`` query option shown as ``***``; for URLs that
+    did not parse, which :meth:`URL.render` cannot mask."""
+    return _SECRET_VALUE.sub(r"\1***", text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,6 +108,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("relay.transports.ws")
+_CLIENT_LOG = logging.getLogger("websockets.client")  # websockets' own defaults
+_SERVER_LOG = logging.getLogger("websockets.server")
 
 CLOSE_UNSUPPORTED = 1003
 """Close code for a text message on a relay channel (RFC 6455 "unsupported data")."""
@@ -614,6 +616,24 @@ def token_subprotocol(token: str) -> str:
     return TOKEN_SUBPROTOCOL + encoded
 
 
+class _HandshakeLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The logger given to websockets' protocol objects: at DEBUG they log every
+    handshake header, and ``Authorization`` or a ``relay.token.*`` subprotocol
+    carries the token; those values are logged as ``***``."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if (len(args) == 2 and isinstance(args[0], str)
+                and args[0].lower() in ("authorization", "sec-websocket-protocol")):
+            args = (args[0], "***")
+        super().log(level, msg, *args, **kwargs)
+
+
+def token_safe_logger(logger: logging.Logger) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+    """``logger`` for a websockets protocol object (``logger=``), logging the
+    values of the headers that may carry a token as ``***``."""
+    return _HandshakeLog(logger)
+
+
 def _offered_subprotocols(request: Request) -> list[str]:
     return [p.strip() for value in request.headers.get_all("Sec-WebSocket-Protocol")
             for p in value.split(",") if p.strip()]
@@ -713,7 +733,8 @@ class WsListener:
         """The opening handshake of one client (its own thread); then queue it for accept."""
         deadline = time.monotonic() + self._settings.connect_timeout
         protocol = ServerProtocol(max_size=self._settings.max_message_size + HEADER_ROOM,
-                                  select_subprotocol=_select_token_subprotocol)
+                                  select_subprotocol=_select_token_subprotocol,
+                                  logger=token_safe_logger(_SERVER_LOG))
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._ssl is not None:
@@ -838,7 +859,8 @@ class WsTransport:
         except InvalidURI as exc:
             raise InvalidURL(url.render(), str(exc)) from exc
         deadline = time.monotonic() + timeout
-        protocol = ClientProtocol(wsuri, max_size=settings.max_message_size + HEADER_ROOM)
+        protocol = ClientProtocol(wsuri, max_size=settings.max_message_size + HEADER_ROOM,
+                                  logger=token_safe_logger(_CLIENT_LOG))
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:

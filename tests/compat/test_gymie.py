@@ -454,8 +454,11 @@ def test_server_closes_envs_of_a_client_that_leaves() -> None:
     assert closed == ["closed"]
 
 
-def test_server_over_wss_with_a_token(tmp_path: Path) -> None:
+def test_server_over_wss_with_a_token(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
     import ssl
+
+    caplog.set_level(logging.DEBUG)  # websockets logs handshake headers at DEBUG
 
     from relay.testing import make_certificate
 
@@ -477,6 +480,11 @@ def test_server_over_wss_with_a_token(tmp_path: Path) -> None:
             assert run_episode(env, seed=1)[0] > 0
         finally:
             env.close()
+    # relay's client and server log the headers, never the token (the raw client
+    # above logs to websockets.client)
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("relay")]
+    assert "< Authorization: ***" in logged and "> Authorization: ***" in logged
+    assert not [text for text in logged if "s3cret" in text]
 
 
 def test_cli_serves_gymie(free_port: int) -> None:
