@@ -9,6 +9,7 @@ Importing relay loads no plugin and opens nothing; it registers the
 Gymnasium id ``relay/Remote-v0``.
 """
 
+from relay.adapters.batch import RemoteBatchVectorEnv
 from relay.adapters.dm_env import make_dm_env
 from relay.adapters.gymnasium import RemoteEnv, make, register_envs
 from relay.adapters.inverted import ListeningEnv, connect_env, listen_env
@@ -54,6 +55,7 @@ __all__ = [
     "PluginError",
     "ProtocolError",
     "RelayError",
+    "RemoteBatchVectorEnv",
     "RemoteEnv",
     "RemoteEnvError",
     "RemoteError",

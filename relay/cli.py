@@ -35,12 +35,15 @@ def main() -> None:
 @click.option("--codec", default=None, help="Codec or peer wire format (msgpack, json, ...).")
 @click.option("--token", default=None, envvar="RELAY_TOKEN",
               help="Shared secret clients must send.")
-def serve(env_id: str | None, url: str, codec: str | None, token: str | None) -> None:
+@click.option("--num-envs", type=click.IntRange(min=1), default=None,
+              help="Host one vector instance of N envs per client (stepped by one message).")
+def serve(env_id: str | None, url: str, codec: str | None, token: str | None,
+          num_envs: int | None) -> None:
     """Serve ENV_ID (any registered Gymnasium id if omitted) until interrupted."""
     import relay
 
     try:
-        server = relay.serve(env_id, url, codec=codec, token=token)
+        server = relay.serve(env_id, url, codec=codec, token=token, num_envs=num_envs)
     except RelayError as exc:
         _fail(exc)
     click.echo(f"relay: serving {env_id or 'any env'} on {server.address}", err=True)

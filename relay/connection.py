@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import NamedTuple
 
 from relay.codecs.base import Codec
@@ -53,8 +53,11 @@ IDLE_POLL = 0.25
 def remote_error(message: Error) -> RemoteError:
     """The exception to raise for an ``Error`` answer (the one place they are unpacked)."""
     cls = REMOTE_ERRORS.get(message.code, RemoteError)
-    return cls(message.message, remote_type=message.remote_type,
-               remote_traceback=message.traceback)
+    error = cls(message.message, remote_type=message.remote_type,
+                remote_traceback=message.traceback)
+    if message.env_index is not None:  # a sub-env of a vector instance
+        error.env_index = message.env_index  # type: ignore[attr-defined]
+    return error
 
 
 class ClientConnection:
@@ -258,14 +261,19 @@ def serve_channel(
     *,
     stop: threading.Event,
     on_close: Callable[[], None] | None = None,
+    capabilities: Collection[str] = ("render",),
 ) -> None:
     """Answer one client's requests with ``handler`` until it leaves or ``stop`` is set.
+
+    ``capabilities`` are announced in the ``Welcome`` (``"batch"``: the server
+    hosts vector instances).
 
     ``handler`` never raises for a bad request: it returns an ``Error``.  A
     client that breaks the protocol or sends undecodable frames gets an
     ``Error`` (when possible) and is hung up on; nothing escapes to the caller.
     """
-    session = ServerSession(relay_codecs(), token=settings.token, server="relay")
+    session = ServerSession(relay_codecs(), token=settings.token, server="relay",
+                            capabilities=capabilities)
     try:
         frames = channel.recv(settings.connect_timeout)
         try:

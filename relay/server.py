@@ -18,7 +18,10 @@ from typing import Any, Self, assert_never, cast
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import batch_space, iterate
 
+from relay.batching import Hosted, SubEnvError, VectorFactory, vector_factory
 from relay.core import spaces
 from relay.core.config import Settings, resolve_settings
 from relay.core.errors import ConfigError, ConnectionLost, RelayError, Timeout
@@ -28,14 +31,20 @@ from relay.core.messages import (
     Error,
     Frame,
     Made,
+    MadeBatch,
     Make,
+    MakeBatch,
     Observation,
+    ObservationBatch,
     Render,
     Request,
     Reset,
+    ResetBatch,
     Response,
     Step,
+    StepBatch,
     Transition,
+    TransitionBatch,
 )
 from relay.core.plugins import get_codec, get_transport
 from relay.core.url import URL, make_url
@@ -49,12 +58,14 @@ EnvFactory = Callable[..., gym.Env]
 """``factory(env_id, **kwargs) -> gymnasium.Env``; ``env_id`` may be None."""
 
 
-def _error(code: str, exc: BaseException) -> Error:
+def _error(code: str, exc: BaseException, env_index: int | None = None) -> Error:
+    message = str(exc) if env_index is None else f"sub-environment {env_index}: {exc}"
     return Error(
         code=code,
-        message=str(exc),
+        message=message,
         remote_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
         traceback="".join(traceback.format_exception(exc)),
+        env_index=env_index,
     )
 
 
@@ -72,12 +83,32 @@ def gymnasium_factory(served_id: str | None) -> EnvFactory:
     return factory
 
 
-class EnvHost:
-    """The environments of one client, and the handler of its requests."""
+class _Vector:
+    """A vector instance of one client, with its batched action space."""
 
-    def __init__(self, factory: EnvFactory) -> None:
+    __slots__ = ("action_space", "env", "hosted", "needs_reset")
+
+    def __init__(self, hosted: Hosted) -> None:
+        self.hosted = hosted
+        self.env = hosted.env
+        self.action_space = batch_space(self.env.single_action_space, self.env.num_envs)
+        self.needs_reset = True
+
+
+class EnvHost:
+    """The environments of one client, and the handler of its requests.
+
+    Args:
+        factory: makes the env of each ``Make`` (None: ``Make`` is refused).
+        vectors: makes the vector instance of each ``MakeBatch`` (None: refused).
+    """
+
+    def __init__(self, factory: EnvFactory | None,
+                 vectors: VectorFactory | None = None) -> None:
         self._factory = factory
+        self._vector_factory = vectors
         self._envs: dict[int, gym.Env] = {}
+        self._vectors: dict[int, _Vector] = {}
         self._needs_reset: set[int] = set()
         self._ids = itertools.count(1)
 
@@ -98,19 +129,43 @@ class EnvHost:
                     # values keep their exact types (a MiniGrid reward is an int)
                     return Transition(obs=obs, reward=reward, terminated=terminated,
                                       truncated=truncated, info=info)
+                case StepBatch():
+                    vector = self._vector(request.instance)
+                    if vector.needs_reset:
+                        return Error(code="not_reset",
+                                     message="step_batch called before reset_batch")
+                    actions = request.actions
+                    if not _contains(vector.action_space, actions):
+                        return _invalid_actions(vector, actions)
+                    # the env's arrays go to the codec as they are
+                    obs, rewards, terminations, truncations, info = vector.env.step(actions)
+                    return TransitionBatch(obs=obs, rewards=rewards, terminations=terminations,
+                                           truncations=truncations, info=info)
                 case Make():
                     return self._make(request)
                 case Reset(instance=i, seed=seed, options=options):
                     obs, info = self._env(i).reset(seed=seed, options=options)
                     self._needs_reset.discard(i)
                     return Observation(obs=obs, info=info)
+                case ResetBatch(instance=i, seed=seed, options=options):
+                    vector = self._vector(i)
+                    obs, info = vector.env.reset(seed=seed, options=options)
+                    vector.needs_reset = False
+                    return ObservationBatch(obs=obs, info=info)
+                case MakeBatch():
+                    return self._make_batch(request)
                 case Render(instance=i):
+                    if i in self._vectors:
+                        return Frame(frame=self._vectors[i].env.render())
                     return Frame(frame=self._env(i).render())
                 case Close(instance=i):
                     closing = self._envs.pop(i, None)
                     self._needs_reset.discard(i)
                     if closing is not None:
                         closing.close()
+                    closing_vector = self._vectors.pop(i, None)
+                    if closing_vector is not None:
+                        closing_vector.hosted.close()
                     return Closed()
                 case _:
                     assert_never(request)
@@ -118,10 +173,16 @@ class EnvHost:
             return Error(code="not_reset", message=str(exc))
         except ConfigError as exc:
             return _error("config", exc)
+        except SubEnvError as exc:
+            cause = exc.__cause__ or exc
+            return _error("env", cause, env_index=exc.index)
         except Exception as exc:
             return _error("env", exc)
 
     def _make(self, request: Make) -> Made:
+        if self._factory is None:
+            raise ConfigError("this server serves one vector env: make it with MakeBatch "
+                              "(relay.make_vec)")
         kwargs = dict(request.kwargs)
         env = self._factory(request.env_id, **kwargs)
         instance = next(self._ids)
@@ -145,6 +206,47 @@ class EnvHost:
             spec=spec,
         )
 
+    def _make_batch(self, request: MakeBatch) -> MadeBatch:
+        if self._vector_factory is None:
+            raise ConfigError("this server hosts no vector instances: serve it with "
+                              "num_envs=N (relay serve --num-envs N) for MakeBatch")
+        if request.num_envs is not None and (type(request.num_envs) is not int
+                                             or request.num_envs < 1):
+            raise ConfigError(f"num_envs must be an int >= 1, not {request.num_envs!r}")
+        try:
+            mode = (None if request.autoreset_mode is None
+                    else AutoresetMode(request.autoreset_mode))
+        except ValueError:
+            raise ConfigError(f"unknown autoreset_mode {request.autoreset_mode!r}") from None
+        hosted = self._vector_factory(request.env_id, request.num_envs, mode,
+                                      dict(request.kwargs))
+        vector = _Vector(hosted)
+        instance = next(self._ids)
+        self._vectors[instance] = vector
+        env = hosted.env
+        spec = None
+        if isinstance(env.spec, gym.envs.registration.EnvSpec):
+            try:
+                spec = env.spec.to_json()
+            except Exception:  # kwargs that JSON cannot hold: the spec stays local
+                spec = None
+        autoreset = AutoresetMode(env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP))
+        return MadeBatch(
+            instance=instance,
+            num_envs=env.num_envs,
+            observation_space=spaces.describe(env.single_observation_space),
+            action_space=spaces.describe(env.single_action_space),
+            metadata={**_plain_metadata(env.metadata), "autoreset_mode": autoreset.value},
+            render_mode=getattr(env, "render_mode", None),
+            spec=spec,
+        )
+
+    def _vector(self, instance: int) -> _Vector:
+        vector = self._vectors.get(instance)
+        if vector is None:
+            raise _UnknownInstance(f"no vector instance {instance} on this connection")
+        return vector
+
     def _env(self, instance: int) -> gym.Env:
         env = self._envs.get(instance)
         if env is None:
@@ -154,11 +256,31 @@ class EnvHost:
     def close(self) -> None:
         """Close every environment of this client (it left)."""
         envs, self._envs = self._envs, {}
-        for env in envs.values():
+        vectors, self._vectors = self._vectors, {}
+        closers = [env.close for env in envs.values()]
+        closers += [vector.hosted.close for vector in vectors.values()]
+        for close in closers:
             try:
-                env.close()
+                close()
             except Exception:
                 log.exception("closing an environment failed")
+
+
+def _invalid_actions(vector: _Vector, actions: Any) -> Error:
+    """The ``invalid_action`` answer to a ``StepBatch``, naming the first bad sub-env."""
+    single = vector.env.single_action_space
+    try:
+        for i, action in enumerate(iterate(vector.action_space, actions)):
+            if not _contains(single, action):
+                return Error(code="invalid_action", env_index=i,
+                             message=f"sub-environment {i}: action {action} is not in "
+                                     f"{single}")
+    except Exception:  # not even a batch: say so below
+        pass
+    shape = getattr(actions, "shape", None)
+    return Error(code="invalid_action",
+                 message=f"actions {type(actions).__name__} of shape {shape} are not a batch "
+                         f"of {vector.env.num_envs} actions in {single}")
 
 
 def _contains(space: gym.Space[Any], action: Any) -> bool:
@@ -296,9 +418,13 @@ class Server(ThreadedServer):
         address: the URL clients connect to (real port when port 0 was asked).
     """
 
-    def __init__(self, factory: EnvFactory, listener: Listener, settings: Settings) -> None:
+    def __init__(self, factory: EnvFactory | None, listener: Listener, settings: Settings,
+                 vectors: VectorFactory | None = None) -> None:
         super().__init__()
         self._factory = factory
+        self._vectors = vectors
+        self.capabilities = ("render", "batch") if vectors is not None else ("render",)
+        """What the ``Welcome`` announces: ``"batch"`` when it hosts vector instances."""
         self._listener = listener
         self.settings = settings
         self.address = listener.address
@@ -315,9 +441,9 @@ class Server(ThreadedServer):
         except RelayError:
             log.exception("accept failed")
             return None
-        host = EnvHost(self._factory)
+        host = EnvHost(self._factory, self._vectors)
         return lambda: serve_channel(channel, host.handle, self.settings, stop=self._stop,
-                                     on_close=host.close)
+                                     on_close=host.close, capabilities=self.capabilities)
 
     def _close_endpoint(self) -> None:
         self._listener.close()
@@ -327,10 +453,11 @@ def serve(
     env: str | EnvFactory | Any | None,
     url: str | URL,
     *,
+    num_envs: int | None = None,
     block: bool = False,
     **settings: Any,
 ) -> Server:
-    """Serve an environment on ``url``.
+    """Serve an environment (or a batch of them) on ``url``.
 
     Args:
         env: a Gymnasium env id (``"CartPole-v1"``: only that id is served;
@@ -339,9 +466,18 @@ def serve(
             ``factory(env_id, **kwargs) -> gymnasium.Env | dm_env.Environment``
             called once per ``Make``, or a ``dm_env.Environment`` instance
             (one client at a time); see
-            :func:`relay.adapters.dm_env.serving_factory`.
+            :func:`relay.adapters.dm_env.serving_factory`; or a
+            ``gymnasium.vector.VectorEnv`` instance (one client at a time),
+            or a factory returning one, served as a vector instance.
         url: where to listen, e.g. ``"zmq+tcp://127.0.0.1:0"`` (port 0 picks a
             free port: read it from ``server.address``).
+        num_envs: host one *vector instance* of this many envs per client
+            (``MakeBatch``; :func:`relay.make_vec` then steps them all with one
+            message, see :mod:`relay.batching`): ``gymnasium.make_vec`` with
+            the env's ``vector_entry_point`` when it has one, otherwise
+            ``num_envs`` envs stepped by the server.  Single-env clients are
+            still served.  None: single envs only, unless ``env`` is a
+            ``VectorEnv``.
         block: serve until interrupted instead of returning at once.
         **settings: overrides of :class:`~relay.core.config.Settings`.
 
@@ -355,18 +491,28 @@ def serve(
     """
     parsed = make_url(url)
     resolved = resolve_settings(parsed, **settings)
-    if env is None or isinstance(env, str):
+    factory: EnvFactory | None
+    vectors: VectorFactory | None = None
+    if isinstance(env, gym.vector.VectorEnv):
+        factory = None
+        vectors = vector_factory(env, num_envs)
+    elif env is None or isinstance(env, str):
         factory = gymnasium_factory(env)
     else:  # a factory, or a dm_env instance (its factory wraps dm_envs as Gymnasium envs)
         from relay.adapters.dm_env import serving_factory
 
         factory = serving_factory(env)
+    if num_envs is not None and vectors is None:
+        vectors = vector_factory(env, num_envs)
     serve_peer = getattr(get_codec(resolved.codec), "serve", None)
     if serve_peer is not None:  # a peer protocol (dm_env_rpc) runs its own server
+        if factory is None:
+            raise ConfigError(f"the {resolved.codec} protocol serves single envs, "
+                              "not a vector env")
         server = serve_peer(factory, parsed, resolved)
     else:
         listener = get_transport(parsed.scheme).listen(parsed, resolved)
-        server = Server(factory, listener, resolved).start()
+        server = Server(factory, listener, resolved, vectors).start()
     if block:
         server.serve_forever()
     return server

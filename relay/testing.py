@@ -1,5 +1,7 @@
-"""The transport compliance suite every transport subclasses (plugins too), and
-an environment for testing servers' error paths (:class:`FaultyEnv`).
+"""The transport compliance suite every transport subclasses (plugins too), an
+environment for testing servers' error paths (:class:`FaultyEnv`), and the
+step-for-step comparison of a remote vector env with a local one
+(:func:`run_both`).
 
 Usage, in a transport's test module::
 
@@ -32,7 +34,8 @@ from relay.core.plugins import get_transport
 from relay.core.url import URL, make_url
 from relay.transports.base import Channel, Listener
 
-__all__ = ["FaultyEnv", "TransportCompliance", "faulty", "make_certificate"]
+__all__ = ["FaultyEnv", "TransportCompliance", "assert_same_infos", "faulty",
+           "make_certificate", "run_both"]
 
 
 class FaultyEnv(gym.Env[np.ndarray, Any]):
@@ -63,6 +66,63 @@ class FaultyEnv(gym.Env[np.ndarray, Any]):
 def faulty(env_id: str | None = None, **kwargs: Any) -> FaultyEnv:
     """An env factory for ``relay.serve``: a :class:`FaultyEnv` whatever the id."""
     return FaultyEnv()
+
+
+def assert_same_infos(got: dict[str, Any], want: dict[str, Any]) -> None:
+    """Assert two vector infos equal: same keys in the same order, arrays equal with
+    their dtype, nested infos (``final_info``) and object arrays (``final_obs``) item
+    by item."""
+    assert list(got) == list(want)
+    for key, value in want.items():
+        if isinstance(value, dict):
+            assert_same_infos(got[key], value)
+            continue
+        got_value = got[key]
+        if isinstance(value, np.ndarray) and value.dtype.hasobject:
+            assert got_value.dtype.hasobject and got_value.shape == value.shape
+            for a, b in zip(got_value.reshape(-1), value.reshape(-1), strict=True):
+                if isinstance(b, dict):
+                    assert_same_infos(a, b)
+                else:
+                    assert (a is None and b is None) or (
+                        np.array_equal(a, b) and np.asarray(a).dtype == np.asarray(b).dtype)
+            continue
+        np.testing.assert_array_equal(got_value, value)
+        assert np.asarray(got_value).dtype == np.asarray(value).dtype, key
+
+
+def run_both(remote: Any, local: Any, steps: int, seed: Any, actions_seed: int = 0,
+             reset_seeds: Any = None) -> int:
+    """Drive two vector envs with the same seeds and actions; assert them equal at
+    every step (observations bit for bit, rewards, terminations, truncations with
+    their dtypes, infos).  In ``DISABLED`` autoreset mode, ended sub-envs are reset
+    with ``reset_mask`` in both.
+
+    Returns:
+        The number of sub-env episodes that ended.
+    """
+    obs_r, info_r = remote.reset(seed=reset_seeds if reset_seeds is not None else seed)
+    obs_l, info_l = local.reset(seed=reset_seeds if reset_seeds is not None else seed)
+    np.testing.assert_array_equal(obs_r, obs_l)
+    assert_same_infos(info_r, info_l)
+    disabled = local.metadata.get("autoreset_mode") is gym.vector.AutoresetMode.DISABLED
+    local.action_space.seed(actions_seed)
+    ended = 0
+    for _ in range(steps):
+        actions = local.action_space.sample()
+        got, want = remote.step(actions), local.step(actions)
+        for g, w in zip(got[:4], want[:4], strict=True):
+            np.testing.assert_array_equal(g, w)
+            assert g.dtype == w.dtype and g.shape == w.shape
+        assert_same_infos(got[4], want[4])
+        done = want[2] | want[3]
+        ended += int(np.sum(done))
+        if disabled and done.any():
+            got_reset = remote.reset(options={"reset_mask": done})
+            want_reset = local.reset(options={"reset_mask": done})
+            np.testing.assert_array_equal(got_reset[0], want_reset[0])
+            assert_same_infos(got_reset[1], want_reset[1])
+    return ended
 
 
 class TransportCompliance:

@@ -33,6 +33,7 @@ from gymnasium.vector.vector_env import AutoresetMode, VectorEnv
 
 from relay.adapters.gymnasium import ENV_ID, RemoteEnv
 from relay.connection import ClientConnection
+from relay.core.config import resolve_settings
 from relay.core.errors import ConfigError, NotReset, RelayError
 from relay.core.messages import (
     Close,
@@ -45,7 +46,7 @@ from relay.core.messages import (
     Step,
     Transition,
 )
-from relay.core.url import URL
+from relay.core.url import URL, make_url
 
 __all__ = ["RemoteVectorEnv", "make_vec"]
 
@@ -420,17 +421,78 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
         return answers, _indexed(error, index, self.urls[index])
 
 
-def make_vec(
-    url: str | URL | Sequence[str | URL], env_id: str | None = None, *, num_envs: int = 1,
-    **kwargs: Any,
-) -> RemoteVectorEnv:
-    """Connect ``num_envs`` remote environments and return them as one ``VectorEnv``.
+SETTING_NAMES = ("codec", "timeout", "connect_timeout", "max_message_size", "token",
+                 "zero_copy")
+"""The keyword arguments of :func:`make_vec` that are connection settings."""
 
-    Same as ``RemoteVectorEnv(url, env_id, num_envs=num_envs, **kwargs)``; see
-    :class:`RemoteVectorEnv` for the arguments (the settings and env kwargs
-    of :func:`relay.make`, plus ``autoreset_mode`` and ``copy``) and errors.
+
+def make_vec(
+    url: str | URL | Sequence[str | URL], env_id: str | None = None, *,
+    num_envs: int | None = None, **kwargs: Any,
+) -> VectorEnv[Any, Any, Any]:
+    """Connect to the servers at ``url`` and return their environments as one ``VectorEnv``.
+
+    Servers that host vector instances (``relay.serve(env, url,
+    num_envs=N)``: their ``Welcome`` announces ``"batch"``) give a
+    :class:`relay.adapters.batch.RemoteBatchVectorEnv`: one message steps a
+    whole server's batch; ``num_envs`` None takes each server's size, an int
+    is split over the servers; ``autoreset_mode``, ``batch_size``, ``copy``
+    and ``render_mode`` are its options, the other keywords go to the
+    server's ``make_vec`` (``share_connections`` is ignored).  Other servers
+    give ``RemoteVectorEnv(url, env_id, num_envs=num_envs or 1, **kwargs)``:
+    one env instance per sub-environment; see :class:`RemoteVectorEnv` for
+    the arguments.  The settings (``codec``, ``timeout``...) apply to every
+    connection.
+
+    Raises:
+        ConfigError: some servers host vector instances and others do not.
+        ConnectError, Timeout, RemoteError, UnknownScheme, InvalidURL: as
+            :func:`relay.make`.
     """
-    return RemoteVectorEnv(url, env_id, num_envs=num_envs, **kwargs)
+    from relay.adapters.batch import RemoteBatchVectorEnv
+
+    urls = [make_url(url)] if isinstance(url, (str, URL)) else [make_url(u) for u in url]
+    if not urls:
+        raise ConfigError("make_vec needs at least one URL")
+    settings = {k: kwargs[k] for k in SETTING_NAMES if k in kwargs}
+
+    def connect(target: URL) -> ClientConnection:
+        return ClientConnection.open(target, resolve_settings(target, **settings))
+
+    connections: list[ClientConnection] = []
+    try:
+        with ThreadPoolExecutor(min(len(urls), MAX_CONNECT_THREADS),
+                                thread_name_prefix="relay-make-vec") as pool:
+            futures = [pool.submit(connect, target) for target in urls]
+            failure: BaseException | None = None
+            for future in futures:  # wait for all: none is left connecting behind our back
+                try:
+                    connections.append(future.result())
+                except BaseException as exc:
+                    failure = failure or exc
+        if failure is not None:
+            raise failure
+        batched = ["batch" in getattr(getattr(c, "session", None), "capabilities", ())
+                   for c in connections]
+        if all(batched):
+            options = {k: kwargs.pop(k) for k in ("autoreset_mode", "batch_size", "copy",
+                                                  "render_mode") if k in kwargs}
+            env_kwargs = {k: v for k, v in kwargs.items()
+                          if k not in SETTING_NAMES and k != "share_connections"}
+            return RemoteBatchVectorEnv(connections, [u.render() for u in urls], env_id,
+                                        num_envs=num_envs, env_kwargs=env_kwargs, **options)
+        if any(batched):
+            raise ConfigError(
+                "some servers host vector instances (served with num_envs) and others do "
+                "not: " + ", ".join(f"{u.render()}: {'batch' if b else 'single envs'}"
+                                    for u, b in zip(urls, batched, strict=True)))
+    except BaseException:
+        for connection in connections:
+            connection.close()
+        raise
+    for connection in connections:  # single-env servers: one instance per sub-env
+        connection.close()
+    return RemoteVectorEnv(url, env_id, num_envs=1 if num_envs is None else num_envs, **kwargs)
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -441,14 +503,32 @@ def _indexed(exc: RelayError, index: int, url: str | URL) -> RelayError:
 
     The copy has an ``env_index`` attribute; raise it ``from exc``.
     """
+    where = url if isinstance(url, str) else url.render()
+    return prefixed(exc, f"sub-environment {index} ({where})", env_index=index)
+
+
+def prefixed(exc: RelayError, where: str, *, env_index: int | None,
+             strip: str = "") -> RelayError:
+    """A copy of ``exc`` (same type and attributes) whose message starts with ``where: ``.
+
+    ``strip`` is taken off the start of a remote message first; the copy's
+    ``env_index`` attribute is ``env_index`` and its ``__cause__`` is ``exc``.
+    """
     cls = type(exc)
     named = cls.__new__(cls)
     named.__dict__.update(exc.__dict__)
     # RemoteError.__str__ appends the remote traceback: take the message without it
-    text = Exception.__str__(exc) if hasattr(exc, "remote_traceback") else str(exc)
-    where = url if isinstance(url, str) else url.render()
-    named.args = (f"sub-environment {index} ({where}): {text}",)
-    named.env_index = index  # type: ignore[attr-defined]
+    if hasattr(exc, "remote_traceback"):
+        remote = exc.remote_message  # type: ignore[attr-defined]
+        if strip and remote.startswith(strip):
+            remote = remote[len(strip):]
+            named.remote_message = remote  # type: ignore[attr-defined]
+        kind = exc.remote_type  # type: ignore[attr-defined]
+        text = f"{kind}: {remote}" if kind else remote
+    else:
+        text = str(exc)
+    named.args = (f"{where}: {text}",)
+    named.env_index = env_index  # type: ignore[attr-defined]
     named.__cause__ = exc
     return named
 

@@ -20,6 +20,7 @@ __all__ = [
     "check_dtype",
     "envelope_from_parts",
     "envelope_to_parts",
+    "object_array",
 ]
 
 Buffer = bytes | bytearray | memoryview
@@ -103,6 +104,27 @@ def array_from_buffer(
     if not zero_copy and not array.flags.writeable:
         array = array.copy()
     return array
+
+
+def object_array(shape: Any, items: Any) -> np.ndarray:
+    """A numpy array of dtype ``object`` and ``shape`` holding ``items`` (C order).
+
+    Each item is stored as it is (an array item stays one element), as a
+    vector env's infos hold them (``infos["final_obs"]``).
+
+    Raises:
+        CodecError: a bad shape, or not ``prod(shape)`` items.
+    """
+    if type(shape) is not list or type(items) is not list or any(
+            type(d) is not int or d < 0 for d in shape):
+        raise CodecError(f"object array needs a shape and a list of items, got {shape!r}")
+    if int(np.prod(shape)) != len(items):
+        raise CodecError(f"object array of shape {tuple(shape)} needs {int(np.prod(shape))} "
+                         f"items, got {len(items)}")
+    array = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        array[i] = item
+    return array.reshape(shape)
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {

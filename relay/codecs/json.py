@@ -14,6 +14,8 @@ string keys a ``dict``); everything else is an object with one ``$`` key:
 ``{"$map": [[key, value], ...]}``          a ``dict`` with non-string keys or
                                            keys starting with ``$``
 ``{"$graph": [nodes, edges, links]}``      Gymnasium ``GraphInstance``
+``{"$objects": [shape, [item, ...]]}``     ``numpy.ndarray`` of dtype ``object``
+                                           (items in C order)
 =========================================  ====================================
 
 ``dtype`` is numpy's ``dtype.str`` (``"<f4"``, ``"|u1"``).  Non-finite floats
@@ -36,6 +38,7 @@ from relay.codecs.base import (
     check_dtype,
     envelope_from_parts,
     envelope_to_parts,
+    object_array,
 )
 from relay.core.errors import CodecError
 from relay.core.messages import Envelope
@@ -61,6 +64,9 @@ def to_json_value(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else {"$float": repr(float(value))}
     if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            return {"$objects": [list(value.shape),
+                                 [to_json_value(v) for v in value.reshape(-1)]]}
         dtype = check_dtype(value.dtype.str)
         data = np.ascontiguousarray(value).tobytes()
         return {"$ndarray": [dtype.str, list(value.shape), _b64(data)]}
@@ -113,6 +119,9 @@ def _from_tagged(key: str, inner: Any) -> Any:
             return float(inner)
         if key == "$map":
             return {from_json_value(k): from_json_value(v) for k, v in inner}
+        if key == "$objects":
+            shape, items = inner
+            return object_array(shape, [from_json_value(v) for v in items])
         if key == "$graph" and GraphInstance is not None:
             return GraphInstance(*(from_json_value(v) for v in inner))
     except CodecError:

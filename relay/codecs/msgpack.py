@@ -12,6 +12,9 @@ ext code  Python value         payload (MessagePack)
 2         numpy scalar         ``[dtype.str, raw bytes]``
 3         ``tuple``            array of the items
 4         ``GraphInstance``    ``[nodes, edges, edge_links]``
+5         object array         ``[shape, [item, ...]]``: a numpy array of dtype
+                               ``object`` (a vector env's infos), items in
+                               C order, each a value
 ========  ===================  ==================================================
 
 Large arrays are never copied into frame 0: their memory is handed to the
@@ -34,6 +37,7 @@ from relay.codecs.base import (
     check_dtype,
     envelope_from_parts,
     envelope_to_parts,
+    object_array,
 )
 from relay.core.errors import CodecError
 from relay.core.messages import Envelope
@@ -44,6 +48,7 @@ EXT_NDARRAY = 1
 EXT_SCALAR = 2
 EXT_TUPLE = 3
 EXT_GRAPH = 4
+EXT_OBJECTS = 5
 
 OUT_OF_BAND_BYTES = 1024
 """Arrays of at least this many bytes travel as a frame of their own."""
@@ -71,6 +76,8 @@ class _Encoder(threading.local):
 
     def default(self, obj: Any) -> Any:
         if isinstance(obj, np.ndarray):
+            if obj.dtype.hasobject:
+                return _ext(EXT_OBJECTS, self.nested([list(obj.shape), list(obj.reshape(-1))]))
             text = obj.dtype.str
             check_dtype(text)
             if not obj.flags.c_contiguous:
@@ -151,6 +158,9 @@ class MsgpackCodec:
                 if not isinstance(items, list):
                     raise CodecError("tuple payload must be an array")
                 return tuple(items)
+            if code == EXT_OBJECTS:
+                shape, items = _unpackb(data, ext_hook)
+                return object_array(shape, items)
             if code == EXT_GRAPH and GraphInstance is not None:
                 nodes, edges, links = _unpackb(data, ext_hook)
                 return GraphInstance(nodes, edges, links)

@@ -29,15 +29,21 @@ __all__ = [
     "Frame",
     "Hello",
     "Made",
+    "MadeBatch",
     "Make",
+    "MakeBatch",
     "Message",
     "Observation",
+    "ObservationBatch",
     "Render",
     "Request",
     "Reset",
+    "ResetBatch",
     "Response",
     "Step",
+    "StepBatch",
     "Transition",
+    "TransitionBatch",
     "Welcome",
     "MESSAGE_TYPES",
 ]
@@ -135,6 +141,83 @@ class Transition:
 
 
 @dataclass(slots=True, kw_only=True)
+class MakeBatch:
+    """Create a *vector instance*: ``num_envs`` environments stepped by one message.
+
+    ``num_envs`` None takes the server's size; ``autoreset_mode`` (an
+    ``AutoresetMode`` value, or None for the env's own) must be the served
+    vector env's, or the server answers ``Error`` ``config``.
+    """
+
+    tag: ClassVar[str] = "make_batch"
+    env_id: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    num_envs: int | None = None
+    autoreset_mode: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class MadeBatch:
+    """Answer to ``MakeBatch``: the vector instance, its size and its *single* spaces.
+
+    ``metadata`` holds the served vector env's ``autoreset_mode`` as its value
+    (``"NextStep"``, ``"SameStep"``, ``"Disabled"``).
+    """
+
+    tag: ClassVar[str] = "made_batch"
+    instance: int
+    num_envs: int
+    observation_space: Any
+    action_space: Any
+    metadata: dict[str, Any] = field(default_factory=dict)
+    render_mode: str | None = None
+    spec: str | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class ResetBatch:
+    """Reset a vector instance: ``seed`` None, an int, or one int/None per sub-env;
+    ``options`` may hold ``reset_mask``, a bool array of shape ``(num_envs,)``."""
+
+    tag: ClassVar[str] = "reset_batch"
+    instance: int
+    seed: Any = None
+    options: dict[str, Any] | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class ObservationBatch:
+    """Answer to ``ResetBatch``: the stacked observations and the vector infos."""
+
+    tag: ClassVar[str] = "observation_batch"
+    obs: Any
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True, kw_only=True)
+class StepBatch:
+    """Step every sub-env of a vector instance: ``actions`` is the ``(num_envs, ...)`` batch."""
+
+    tag: ClassVar[str] = "step_batch"
+    instance: int
+    actions: Any
+
+
+@dataclass(slots=True, kw_only=True)
+class TransitionBatch:
+    """Answer to ``StepBatch``: the vector env's 5-tuple, each an array over the sub-envs
+    (``obs`` ``(num_envs, ...)``, ``rewards``/``terminations``/``truncations``
+    ``(num_envs,)``) and the vector infos (arrays with ``_key`` masks)."""
+
+    tag: ClassVar[str] = "transition_batch"
+    obs: Any
+    rewards: Any
+    terminations: Any
+    truncations: Any
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True, kw_only=True)
 class Render:
     tag: ClassVar[str] = "render"
     instance: int
@@ -168,16 +251,20 @@ class Error:
     message: str
     remote_type: str = ""
     traceback: str = ""
+    env_index: int | None = None
+    """The sub-environment of a vector instance that failed, when known."""
 
 
-Request = Make | Reset | Step | Render | Close
-Response = Made | Observation | Transition | Frame | Closed | Error
+Request = Make | Reset | Step | MakeBatch | ResetBatch | StepBatch | Render | Close
+Response = (Made | Observation | Transition | MadeBatch | ObservationBatch | TransitionBatch
+            | Frame | Closed | Error)
 Message = Hello | Welcome | Request | Response
 
 MESSAGE_TYPES: dict[str, type[Any]] = {
     cls.tag: cls
     for cls in (
         Hello, Welcome, Make, Made, Reset, Observation, Step, Transition,
+        MakeBatch, MadeBatch, ResetBatch, ObservationBatch, StepBatch, TransitionBatch,
         Render, Frame, Close, Closed, Error,
     )
 }

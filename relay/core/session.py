@@ -42,14 +42,20 @@ from relay.core.messages import (
     Frame,
     Hello,
     Made,
+    MadeBatch,
     Make,
+    MakeBatch,
     Observation,
+    ObservationBatch,
     Render,
     Request,
     Reset,
+    ResetBatch,
     Response,
     Step,
+    StepBatch,
     Transition,
+    TransitionBatch,
     Welcome,
 )
 
@@ -72,7 +78,8 @@ CLIENT_TRANSITIONS: dict[tuple[State, str], State] = {
 """(state, move) -> next state for a client; any other move is illegal."""
 
 ANSWERS: dict[type, type] = {Make: Made, Reset: Observation, Step: Transition,
-                             Render: Frame, Close: Closed}
+                             MakeBatch: MadeBatch, ResetBatch: ObservationBatch,
+                             StepBatch: TransitionBatch, Render: Frame, Close: Closed}
 """Request type -> the response type that answers it (besides ``Error``)."""
 
 
@@ -89,6 +96,8 @@ class ClientSession:
         self.codecs = tuple(codecs)
         self.codec: str | None = None
         self.server: str = ""
+        self.capabilities: tuple[str, ...] = ()
+        """The server's optional features from its ``Welcome`` (``"render"``, ``"batch"``)."""
         self._token = token
         self._role = role
         self._ids = itertools.count(1)
@@ -131,6 +140,7 @@ class ClientSession:
         self._move("welcome")
         self.codec = message.codec
         self.server = message.server
+        self.capabilities = tuple(message.capabilities)
         return message
 
     def request(self, message: Request, *, now: float, timeout: float) -> Envelope:
@@ -182,12 +192,13 @@ class ServerSession:
     """The environment host's side: handshake, then one answer per request id."""
 
     def __init__(self, codecs: Collection[str], *, token: str | None = None,
-                 server: str = "relay") -> None:
+                 server: str = "relay", capabilities: Collection[str] = ("render",)) -> None:
         self.state = State.HANDSHAKING
         self.codecs = tuple(codecs)
         self.codec: str | None = None
         self._token = token
         self._server = server
+        self._capabilities = tuple(capabilities)
         self._last_id = 0
 
     def hello(self, envelope: Envelope) -> Envelope:
@@ -214,7 +225,7 @@ class ServerSession:
                 self.codec = chosen
                 self.state = State.READY
                 return Envelope(0, Welcome(codec=chosen, server=self._server,
-                                           capabilities=("render",)))
+                                           capabilities=self._capabilities))
         self.state = State.CLOSED
         return Envelope(0, Error(code="protocol", message=error))
 
@@ -228,10 +239,11 @@ class ServerSession:
             raise RemoteProtocolError("request before the handshake")
         message = envelope.message
         match message:
-            case Make() | Reset() | Step() | Render() | Close():
+            case Make() | Reset() | Step() | MakeBatch() | ResetBatch() | StepBatch() | \
+                    Render() | Close():
                 pass
-            case Hello() | Welcome() | Made() | Observation() | Transition() | Frame() | \
-                    Closed() | Error():
+            case Hello() | Welcome() | Made() | Observation() | Transition() | MadeBatch() | \
+                    ObservationBatch() | TransitionBatch() | Frame() | Closed() | Error():
                 raise RemoteProtocolError(f"{type(message).__name__} is not a request")
             case _:
                 assert_never(message)

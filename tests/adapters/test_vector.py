@@ -10,7 +10,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 import relay
 from relay.adapters.vector import RemoteVectorEnv
-from relay.testing import faulty
+from relay.testing import faulty, run_both
 
 
 @pytest.fixture
@@ -44,40 +44,6 @@ def serve_tcp():
 
 def local_sync(env_id, num_envs, **kwargs):
     return SyncVectorEnv([lambda: gym.make(env_id) for _ in range(num_envs)], **kwargs)
-
-
-def assert_same_infos(got, want):
-    assert list(got) == list(want)
-    for key, value in want.items():
-        if isinstance(value, dict):
-            assert_same_infos(got[key], value)
-        elif key == "final_obs":
-            for a, b in zip(got[key], value, strict=True):
-                assert (a is None and b is None) or np.array_equal(a, b)
-        else:
-            np.testing.assert_array_equal(got[key], value)
-
-
-def run_both(remote, local, steps, seed, actions_seed=0, reset_seeds=None):
-    """Drive both with the same seeds and actions; assert equal at every step.
-
-    Returns the number of sub-env episodes that ended.
-    """
-    obs_r, info_r = remote.reset(seed=reset_seeds if reset_seeds is not None else seed)
-    obs_l, info_l = local.reset(seed=reset_seeds if reset_seeds is not None else seed)
-    np.testing.assert_array_equal(obs_r, obs_l)
-    assert_same_infos(info_r, info_l)
-    local.action_space.seed(actions_seed)
-    ended = 0
-    for _ in range(steps):
-        actions = local.action_space.sample()
-        got, want = remote.step(actions), local.step(actions)
-        for g, w in zip(got[:4], want[:4], strict=True):
-            np.testing.assert_array_equal(g, w)
-            assert g.dtype == w.dtype and g.shape == w.shape
-        assert_same_infos(got[4], want[4])
-        ended += int(np.sum(want[2] | want[3]))
-    return ended
 
 
 def test_cartpole_equals_sync_vector_env_with_autoresets(serve):
