@@ -20,10 +20,10 @@ Peer-protocol connections (codec ``dm_env_rpc`` or ``gymie``) offer only
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from copy import deepcopy
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import gymnasium as gym
 import numpy as np
@@ -49,6 +49,9 @@ from relay.core.messages import (
 from relay.core.url import URL, make_url
 
 __all__ = ["RemoteVectorEnv", "make_vec"]
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 MAX_CONNECT_THREADS = 16
 """At most this many sub-environments are connected and made at the same time."""
@@ -459,17 +462,8 @@ def make_vec(
     def connect(target: URL) -> ClientConnection:
         return ClientConnection.open(target, resolve_settings(target, **settings))
 
-    connections: list[ClientConnection] = []
+    connections, failure = _all_at_once(connect, urls)
     try:
-        with ThreadPoolExecutor(min(len(urls), MAX_CONNECT_THREADS),
-                                thread_name_prefix="relay-make-vec") as pool:
-            futures = [pool.submit(connect, target) for target in urls]
-            failure: BaseException | None = None
-            for future in futures:  # wait for all: none is left connecting behind our back
-                try:
-                    connections.append(future.result())
-                except BaseException as exc:
-                    failure = failure or exc
         if failure is not None:
             raise failure
         batched = ["batch" in getattr(getattr(c, "session", None), "capabilities", ())
@@ -582,21 +576,33 @@ def _make_all(urls: Sequence[str | URL], env_id: str | None, render_mode: str | 
     order = [i for indices in groups.values() for i in indices]
     first, *others = groups.values()
     envs = make_group(first)
-    failure: BaseException | None = None
-    if others:
-        with ThreadPoolExecutor(min(len(others), MAX_CONNECT_THREADS),
-                                thread_name_prefix="relay-make-vec") as pool:
-            futures = [pool.submit(make_group, indices) for indices in others]
-            for future in futures:  # wait for all: none is left connecting behind our back
-                try:
-                    envs.extend(future.result())
-                except BaseException as exc:
-                    failure = failure or exc
+    made, failure = _all_at_once(make_group, others)
+    envs.extend(env for group in made for env in group)
     if failure is not None:
         _close_all(envs)
         raise failure
     by_index = dict(zip(order, envs, strict=True))
     return [by_index[i] for i in range(len(urls))]
+
+
+def _all_at_once(fn: Callable[[T], R], items: Sequence[T]) -> tuple[list[R], BaseException | None]:
+    """``fn(item)`` for every item in threads (at most ``MAX_CONNECT_THREADS``).
+
+    Waits for all, so that none is left connecting behind the caller's back;
+    returns the results of those that succeeded (in order) and the first failure.
+    """
+    results: list[R] = []
+    failure: BaseException | None = None
+    if not items:
+        return results, None
+    with ThreadPoolExecutor(min(len(items), MAX_CONNECT_THREADS),
+                            thread_name_prefix="relay-make-vec") as pool:
+        for future in [pool.submit(fn, item) for item in items]:
+            try:
+                results.append(future.result())
+            except BaseException as exc:
+                failure = failure or exc
+    return results, failure
 
 
 def _close_all(envs: Sequence[RemoteEnv]) -> None:

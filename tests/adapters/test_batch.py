@@ -18,34 +18,6 @@ from relay.adapters.vector import RemoteVectorEnv
 from relay.testing import faulty, run_both
 
 
-@pytest.fixture
-def serve(listen_url):
-    servers = []
-
-    def start(env, url=listen_url, **settings):
-        server = relay.serve(env, url, **settings)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.close()
-
-
-@pytest.fixture
-def serve_tcp():
-    servers = []
-
-    def start(env, **settings):
-        server = relay.serve(env, "zmq+tcp://127.0.0.1:0", **settings)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.close()
-
-
 def test_vector_entry_point_env_equals_local_make_vec(serve):
     server = serve("CartPole-v1", num_envs=8)
     remote = relay.make_vec(server.address)

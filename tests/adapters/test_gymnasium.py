@@ -15,20 +15,6 @@ from relay.core.errors import ConnectError, InvalidURL, UnknownScheme
 from relay.testing import faulty
 
 
-@pytest.fixture
-def serve(listen_url):
-    servers = []
-
-    def start(env, **settings):
-        server = relay.serve(env, listen_url, **settings)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.close()
-
-
 def checker_warnings(env):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -13,35 +13,6 @@ from relay.adapters.vector import RemoteVectorEnv
 from relay.testing import faulty, run_both
 
 
-@pytest.fixture
-def serve(listen_url):
-    servers = []
-
-    def start(env, url=listen_url, **settings):
-        server = relay.serve(env, url, **settings)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.close()
-
-
-@pytest.fixture
-def serve_tcp():
-    """Servers on zmq+tcp (several may run at once: each gets its own port)."""
-    servers = []
-
-    def start(env, **settings):
-        server = relay.serve(env, "zmq+tcp://127.0.0.1:0", **settings)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.close()
-
-
 def local_sync(env_id, num_envs, **kwargs):
     return SyncVectorEnv([lambda: gym.make(env_id) for _ in range(num_envs)], **kwargs)
 
