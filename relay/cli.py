@@ -37,13 +37,16 @@ def main() -> None:
               help="Shared secret clients must send.")
 @click.option("--num-envs", type=click.IntRange(min=1), default=None,
               help="Host one vector instance of N envs per client (stepped by one message).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Serve from K processes behind the one URL (shm:// and tcp://).")
 def serve(env_id: str | None, url: str, codec: str | None, token: str | None,
-          num_envs: int | None) -> None:
+          num_envs: int | None, workers: int | None) -> None:
     """Serve ENV_ID (any registered Gymnasium id if omitted) until interrupted."""
     import relay
 
     try:
-        server = relay.serve(env_id, url, codec=codec, token=token, num_envs=num_envs)
+        server = relay.serve(env_id, url, codec=codec, token=token, num_envs=num_envs,
+                             workers=workers)
     except RelayError as exc:
         _fail(exc)
     click.echo(f"relay: serving {env_id or 'any env'} on {server.address}", err=True)

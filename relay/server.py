@@ -14,7 +14,7 @@ import logging
 import threading
 import traceback
 from collections.abc import Callable
-from typing import Any, Self, assert_never, cast
+from typing import TYPE_CHECKING, Any, Self, assert_never, cast
 
 import gymnasium as gym
 import numpy as np
@@ -49,6 +49,9 @@ from relay.core.messages import (
 from relay.core.plugins import get_codec, get_transport
 from relay.core.url import URL, make_url
 from relay.transports.base import Listener
+
+if TYPE_CHECKING:
+    from relay.workers import WorkerPool
 
 __all__ = ["EnvFactory", "EnvHost", "Server", "serve"]
 
@@ -454,9 +457,10 @@ def serve(
     url: str | URL,
     *,
     num_envs: int | None = None,
+    workers: int | None = None,
     block: bool = False,
     **settings: Any,
-) -> Server:
+) -> Server | WorkerPool:
     """Serve an environment (or a batch of them) on ``url``.
 
     Args:
@@ -478,13 +482,17 @@ def serve(
             ``num_envs`` envs stepped by the server.  Single-env clients are
             still served.  None: single envs only, unless ``env`` is a
             ``VectorEnv``.
+        workers: serve from this many processes behind the one URL (see
+            :mod:`relay.workers`: ``shm://`` and ``tcp://`` only); None or 1:
+            this process.
         block: serve until interrupted instead of returning at once.
         **settings: overrides of :class:`~relay.core.config.Settings`.
 
     Returns:
-        The running :class:`Server` (already accepting clients); for a peer
-        protocol codec (``?codec=dm_env_rpc``) that protocol's server, with the
-        same ``address``/``close``/``serve_forever``.
+        The running :class:`Server` (already accepting clients); with
+        ``workers`` > 1 a :class:`~relay.workers.WorkerPool`; for a peer
+        protocol codec (``?codec=dm_env_rpc``) that protocol's server; all
+        with the same ``address``/``close``/``serve_forever``.
 
     Raises:
         UnknownScheme, InvalidURL, MissingDependency, ConfigError, TransportError.
@@ -510,6 +518,17 @@ def serve(
             raise ConfigError(f"the {resolved.codec} protocol serves single envs, "
                               "not a vector env")
         server = serve_peer(factory, parsed, resolved)
+    elif workers is not None and workers != 1:
+        from relay.workers import FORK_SCHEMES, WorkerPool
+
+        if parsed.scheme not in FORK_SCHEMES:  # before listening
+            WorkerPool.refuse(parsed.scheme)
+        listener = get_transport(parsed.scheme).listen(parsed, resolved)
+
+        def run(shared: Listener) -> Callable[[], None]:
+            return Server(factory, shared, resolved, vectors).start().close
+
+        server = WorkerPool(listener, run, workers)
     else:
         listener = get_transport(parsed.scheme).listen(parsed, resolved)
         server = Server(factory, listener, resolved, vectors).start()
