@@ -5,7 +5,11 @@ waits for the matching answer within the request's deadline.
 :func:`serve_channel` answers one client's requests until it goes away.
 
 The handshake (``Hello``/``Welcome``) is always JSON, whatever codec is then
-negotiated, so a peer in any language can start a conversation.
+negotiated, so a peer in any language can start a conversation.  Until it is
+done a channel receives at most
+:data:`~relay.transports.base.HANDSHAKE_LIMIT` bytes per message; both drivers
+raise the limit to ``settings.max_message_size`` right after it (the one
+place that does).
 """
 
 from __future__ import annotations
@@ -124,6 +128,7 @@ class ClientConnection:
                 ) from None
             session.welcome(HANDSHAKE_CODEC.decode(frames))
             codec = preferred if session.codec == preferred.name else get_codec("json")
+            channel.set_receive_limit(settings.max_message_size)
         except BaseException:
             channel.close()
             raise
@@ -285,6 +290,7 @@ def serve_channel(
         channel.send(HANDSHAKE_CODEC.encode(welcome))
         if session.state is not State.READY:
             return
+        channel.set_receive_limit(settings.max_message_size)
         codec = get_codec(session.codec or "msgpack")
         while not stop.is_set():
             try:

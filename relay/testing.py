@@ -12,17 +12,22 @@ Usage, in a transport's test module::
 
 The suite checks the contract written in :mod:`relay.transports.base`:
 multi-frame order and boundaries, bit-identical payloads, timeouts, peer
-death, the message-size limit, several clients, idempotent close, and the
-real bound address.  It needs pytest.
+death, the message-size limit, the small limit before the handshake, several
+clients, idempotent close, the real bound address, and work in a process
+holding over 1,024 file descriptors.  With :meth:`TransportCompliance.declare`
+implemented it also checks that lengths a peer declares allocate nothing.
+It needs pytest.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -32,7 +37,7 @@ from relay.core.config import Settings
 from relay.core.errors import ConnectError, ConnectionLost, MessageTooLarge, Timeout
 from relay.core.plugins import get_transport
 from relay.core.url import URL, make_url
-from relay.transports.base import Channel, Listener
+from relay.transports.base import HANDSHAKE_LIMIT, Channel, Listener
 
 __all__ = ["FaultyEnv", "TransportCompliance", "assert_same_infos", "faulty",
            "make_certificate", "run_both"]
@@ -125,8 +130,44 @@ def run_both(remote: Any, local: Any, steps: int, seed: Any, actions_seed: int =
     return ended
 
 
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+def _rss() -> int:
+    """Resident memory of this process, bytes (Linux ``/proc``)."""
+    with open("/proc/self/statm") as file:
+        return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@contextlib.contextmanager
+def _open_files(count: int) -> Iterator[None]:
+    """Hold ``count`` more open file descriptors (of ``/dev/null``) meanwhile,
+    raising the soft ``RLIMIT_NOFILE`` limit when it is too low."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = count + 512
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {needed}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    fds: list[int] = []
+    try:
+        fds.extend(os.open(os.devnull, os.O_RDONLY) for _ in range(count))
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
+        if soft != resource.getrlimit(resource.RLIMIT_NOFILE)[0]:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 class TransportCompliance:
-    """Subclass and set ``url`` (a listen URL, port 0 where there is a port)."""
+    """Subclass and set ``url`` (a listen URL, port 0 where there is a port).
+
+    Override :meth:`declare` where the wire format carries message lengths.
+    """
 
     url: str = ""
     max_message_size: int = 1 << 20
@@ -152,7 +193,10 @@ class TransportCompliance:
         server.close()
 
     @staticmethod
-    def connect_pair(listener: Listener, settings: Settings) -> tuple[Channel, Channel]:
+    def connect_pair(listener: Listener, settings: Settings, *, handshaken: bool = True
+                     ) -> tuple[Channel, Channel]:
+        """A connected ``(client, server)`` pair; ``handshaken``: with both receive
+        limits raised to ``settings.max_message_size``, as after relay's handshake."""
         accepted: list[Channel] = []
         thread = threading.Thread(target=lambda: accepted.append(listener.accept(5.0)))
         thread.start()
@@ -160,7 +204,23 @@ class TransportCompliance:
             listener.address, settings, timeout=5.0)
         thread.join(10.0)
         assert accepted, "listener.accept() returned no channel"
+        if handshaken:
+            client.set_receive_limit(settings.max_message_size)
+            accepted[0].set_receive_limit(settings.max_message_size)
         return client, accepted[0]
+
+    def declare(self, address: URL, nbytes: int) -> Closable | None:
+        """Connect to the listener at ``address`` the way a hostile client would:
+        write only what announces a message of ``nbytes`` bytes (the header with
+        its declared lengths, after the transport's own connection handshake),
+        never its body, and return the open connection.  The listener's
+        ``accept`` (running meanwhile in another thread) gives the channel it
+        arrived on.
+
+        None (the default): the transport has no declared lengths of its own on
+        a wire (the memory tests are skipped).
+        """
+        return None
 
     def test_address_is_concrete(self, listener: Listener) -> None:
         address = listener.address
@@ -279,6 +339,113 @@ class TransportCompliance:
     def test_accept_timeout(self, listener: Listener) -> None:
         with pytest.raises(Timeout):
             listener.accept(0.1)
+
+    def test_small_limit_before_handshake(self, listener: Listener, settings: Settings
+                                          ) -> None:
+        # until set_receive_limit, a channel takes HANDSHAKE_LIMIT bytes (a Hello)
+        client, server = self.connect_pair(listener, settings, handshaken=False)
+        try:
+            client.send([b"h" * (HANDSHAKE_LIMIT - 10), b"x" * 10])
+            assert len(server.recv(5.0)[0]) == HANDSHAKE_LIMIT - 10
+            server.send([b"w" * HANDSHAKE_LIMIT])
+            assert len(client.recv(5.0)[0]) == HANDSHAKE_LIMIT
+            client.send([b"h" * (HANDSHAKE_LIMIT + 1)])
+            with pytest.raises(ConnectionLost):
+                server.recv(5.0)
+        finally:
+            client.close()
+            server.close()
+        client, server = self.connect_pair(listener, settings, handshaken=False)
+        try:  # a client protects itself from a server the same way
+            server.send([b"w" * (HANDSHAKE_LIMIT + 1)])
+            with pytest.raises(ConnectionLost):
+                client.recv(5.0)
+        finally:
+            client.close()
+            server.close()
+
+    def test_set_receive_limit_takes_larger_messages(self, listener: Listener,
+                                                     settings: Settings) -> None:
+        client, server = self.connect_pair(listener, settings, handshaken=False)
+        try:
+            server.set_receive_limit(4 * HANDSHAKE_LIMIT)
+            client.send([b"a" * (4 * HANDSHAKE_LIMIT)])
+            assert len(server.recv(5.0)[0]) == 4 * HANDSHAKE_LIMIT
+        finally:
+            client.close()
+            server.close()
+
+    def _hostile_clients(self, limit: int, handshaken: bool) -> int:
+        """Resident memory growth (bytes) of this process while four raw clients
+        each declare a message of ``limit`` bytes to a listener with
+        ``max_message_size=limit``, before or after the handshake."""
+        if type(self).declare is TransportCompliance.declare:
+            pytest.skip("the transport declares no lengths on a wire (declare())")
+        url = make_url(self.url)
+        settings = Settings(max_message_size=limit, connect_timeout=3.0, timeout=3.0)
+        listener = get_transport(url.scheme).listen(url, settings)
+        clients: list[Closable] = []
+        servers: list[Channel] = []
+        try:
+            before = _rss()
+            for _ in range(4):
+                accepted: list[Channel] = []
+                thread = threading.Thread(target=lambda into=accepted: into.append(
+                    listener.accept(5.0)))
+                thread.start()
+                client = self.declare(listener.address, limit)
+                thread.join(10.0)
+                assert client is not None
+                clients.append(client)
+                assert accepted, "listener.accept() returned no channel"
+                server = accepted[0]
+                servers.append(server)
+                if handshaken:
+                    server.set_receive_limit(limit)
+                    with pytest.raises((Timeout, ConnectionLost)):
+                        server.recv(0.2)  # the body never comes
+                else:
+                    start = time.monotonic()
+                    with pytest.raises(ConnectionLost):
+                        server.recv(5.0)
+                    assert time.monotonic() - start < 2.0, "refused only after a wait"
+            return _rss() - before
+        finally:
+            for closable in (*clients, *servers):  # a server need not wait for a goodbye
+                closable.close()
+            listener.close()
+
+    @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads /proc")
+    def test_declared_lengths_before_handshake_allocate_nothing(self) -> None:
+        grown = self._hostile_clients(128 << 20, handshaken=False)
+        assert grown < 32 << 20, f"4 declarations of 128 MiB grew the listener by {grown} bytes"
+
+    @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads /proc")
+    def test_declared_lengths_after_handshake_allocate_nothing(self) -> None:
+        grown = self._hostile_clients(128 << 20, handshaken=True)
+        assert grown < 32 << 20, f"4 declarations of 128 MiB grew the listener by {grown} bytes"
+
+    def test_works_with_over_1024_file_descriptors(self, settings: Settings) -> None:
+        # select.select() fails for descriptor numbers >= 1024; poll/selectors do not
+        url = make_url(self.url)
+        with _open_files(1100):
+            listener = get_transport(url.scheme).listen(url, settings)
+            try:
+                client, server = self.connect_pair(listener, settings)
+                try:
+                    client.send([b"ping"])
+                    assert bytes(server.recv(5.0)[0]) == b"ping"
+                    server.send([b"pong"])
+                    assert bytes(client.recv(5.0)[0]) == b"pong"
+                    with pytest.raises(Timeout):
+                        client.recv(0.05)
+                finally:
+                    client.close()
+                    server.close()
+                with pytest.raises(Timeout):
+                    listener.accept(0.05)
+            finally:
+                listener.close()
 
     def test_connect_to_nobody(self, settings: Settings) -> None:
         if self.unreachable_url is None:

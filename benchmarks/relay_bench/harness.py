@@ -64,7 +64,6 @@ import importlib
 import itertools
 import os
 import secrets
-import select
 import shutil
 import subprocess
 import sys
@@ -79,6 +78,7 @@ import gymnasium as gym
 import numpy as np
 from platformdirs import user_cache_path
 
+from relay.transports.base import readable
 from relay_bench.envs import FIXED_OBS_ID, FixedObsEnv
 
 __all__ = [
@@ -262,7 +262,7 @@ def spawn_server(argv: Sequence[str], *, ready_timeout: float = 60.0,
                                  **(env or {})})
     try:
         assert proc.stdout is not None and proc.stderr is not None
-        ready, _, _ = select.select([proc.stdout], [], [], ready_timeout)
+        ready = readable(proc.stdout)(ready_timeout)
         line = proc.stdout.readline().strip() if ready else ""
         if not line:
             proc.kill()
@@ -531,7 +531,9 @@ def channel_case(url_template: str) -> Callable[[Sequence[Payload], int], CaseRe
             url = url_template.format(tmp=tmp, uid=secrets.token_hex(4))
             with spawn_server(_python("_serve-channel", url)) as address:
                 target = make_url(address)
-                channel = get_transport(target.scheme).connect(target, Settings(), timeout=30)
+                settings = Settings()
+                channel = get_transport(target.scheme).connect(target, settings, timeout=30)
+                channel.set_receive_limit(settings.max_message_size)  # no session handshake
                 try:
                     for payload in payloads:
                         request = payload.wire_frames()[0]
@@ -602,10 +604,12 @@ def _serve_channel(url: str) -> None:
 
     replies = {name.encode(): p.wire_frames()[1] for name, p in PAYLOADS.items()}
     target = make_url(url)
-    listener = get_transport(target.scheme).listen(target, Settings())
+    settings = Settings()
+    listener = get_transport(target.scheme).listen(target, settings)
     print(listener.address, flush=True)
 
     def answer(channel: Any) -> None:
+        channel.set_receive_limit(settings.max_message_size)  # no session handshake
         reply: list[bytes] = []
         try:
             while True:

@@ -71,7 +71,6 @@ import json
 import logging
 import math
 import re
-import select
 import socket
 import ssl
 import time
@@ -118,7 +117,7 @@ from relay.core.messages import (
 )
 from relay.core.url import URL
 from relay.server import ThreadedServer
-from relay.transports.base import spin_ns, spin_until
+from relay.transports.base import readable, spin_ns, spin_until
 from relay.transports.ws import server_ssl_context, token_safe_logger
 
 __all__ = [
@@ -654,6 +653,7 @@ class GymieServer(ThreadedServer):
         from websockets.protocol import State
 
         sock.settimeout(IDLE_POLL)
+        arrived = readable(sock)
         parts: list[bytes] = []
         text = True
         while True:
@@ -663,7 +663,7 @@ class GymieServer(ThreadedServer):
             try:
                 # the next request usually comes within the agent's turn: poll for it
                 # before sleeping (see relay.transports.base.spin_until)
-                spin_until(lambda: bool(select.select([sock], [], [], 0)[0]), self._spin)
+                spin_until(lambda: arrived(0), self._spin)
                 data = sock.recv(_RECV_SIZE)
             except TimeoutError:
                 continue

@@ -14,8 +14,21 @@ Contract shared by all transports (checked by :mod:`relay.testing`):
   arrives in ``timeout`` seconds and :class:`~relay.core.errors.ConnectionLost`
   once the peer has gone (also for every later call);
 * a message over ``settings.max_message_size`` bytes raises
-  :class:`~relay.core.errors.MessageTooLarge` on send; one received is
-  dropped together with its connection (``ConnectionLost`` on the receiver);
+  :class:`~relay.core.errors.MessageTooLarge` on send;
+* a channel receives messages of at most :data:`HANDSHAKE_LIMIT` bytes until
+  :meth:`Channel.set_receive_limit` raises its limit (the session drivers of
+  :mod:`relay.connection` raise it to ``settings.max_message_size`` once the
+  ``Hello``/``Welcome`` handshake is done, on both sides); a received message
+  over the current limit is dropped together with its connection
+  (``ConnectionLost`` on the receiver), so a peer that has not shaken hands
+  (no token checked yet) can make a process receive a few KiB at most;
+* receive memory grows with the bytes that arrived, never with a length the
+  peer declared: a declared length is checked against the limit and then
+  only bounds the reading, so a peer announcing large messages it never sends
+  costs next to nothing;
+* waiting on sockets uses ``poll``/``selectors`` (never ``select.select``,
+  which fails for file descriptors >= 1024): a transport keeps working in a
+  process holding thousands of files;
 * ``connect`` raises :class:`~relay.core.errors.ConnectError` within
   ``timeout`` seconds when nobody listens;
 * frames returned by ``recv`` are owned by the caller and stay valid, unless
@@ -26,18 +39,20 @@ Contract shared by all transports (checked by :mod:`relay.testing`):
 
 from __future__ import annotations
 
+import math
 import os
+import select
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from relay.codecs.base import Buffer
 from relay.core.config import Settings
 from relay.core.errors import ConfigError
 from relay.core.url import URL
 
-__all__ = ["DEFAULT_SPIN_US", "Channel", "Listener", "Transport", "message_size", "spin_ns",
-           "spin_until"]
+__all__ = ["DEFAULT_SPIN_US", "HANDSHAKE_LIMIT", "Channel", "Listener", "Transport",
+           "message_size", "over_limit", "readable", "spin_ns", "spin_until"]
 
 
 @runtime_checkable
@@ -53,8 +68,21 @@ class Channel(Protocol):
         Raises Timeout, ConnectionLost.
         """
 
+    def set_receive_limit(self, nbytes: int) -> None:
+        """Receive messages of up to ``nbytes`` bytes (sum of frames) from now on.
+
+        A new channel accepts :data:`HANDSHAKE_LIMIT` bytes; the session
+        driver calls this with ``settings.max_message_size`` after the
+        handshake.  Sending is limited by ``settings.max_message_size`` alone.
+        """
+
     def close(self) -> None:
         """Release the connection; idempotent."""
+
+
+HANDSHAKE_LIMIT = 16 * 1024
+"""Largest message, bytes, a channel receives before :meth:`Channel.set_receive_limit`
+is called: a ``Hello``, ``Welcome`` or handshake ``Error`` takes a few hundred."""
 
 
 @runtime_checkable
@@ -85,6 +113,18 @@ class Transport(Protocol):
 def message_size(frames: Sequence[Buffer]) -> int:
     """Total bytes of a message's frames."""
     return sum(memoryview(f).nbytes for f in frames)
+
+
+def over_limit(size: int, limit: int, max_message_size: int) -> str:
+    """Why a received message of ``size`` bytes is refused by a channel whose
+    receive limit is ``limit`` (for the ``ConnectionLost`` message)."""
+    if limit == max_message_size:
+        bound = f"max_message_size={limit} bytes"
+    elif limit == HANDSHAKE_LIMIT:
+        bound = f"the limit before the handshake ({limit} bytes)"
+    else:
+        bound = f"the receive limit of {limit} bytes"
+    return f"a message of {size} bytes, over {bound}"
 
 
 DEFAULT_SPIN_US = 250.0
@@ -122,3 +162,23 @@ def spin_until(ready: Callable[[], bool], budget_ns: int) -> bool:
         if ready():
             return True
     return False
+
+
+def readable(fd: Any) -> Callable[[float | None], bool]:
+    """A function ``wait(timeout)`` that waits up to ``timeout`` seconds (None:
+    forever, 0: one look) until ``fd`` (a socket or a file descriptor) is
+    readable, closed or in error, and tells whether it is.
+
+    Built on ``poll``, which any file descriptor number works with
+    (``select.select`` raises ``ValueError`` for numbers >= 1024).  Make one per
+    socket and keep it: a wait is then one system call.
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+
+    def wait(timeout: float | None) -> bool:
+        ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
+        return bool(poller.poll(ms))
+
+    return wait
+

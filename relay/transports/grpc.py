@@ -120,7 +120,13 @@ from relay.core.errors import (
     TransportError,
 )
 from relay.core.url import URL
-from relay.transports.base import message_size, spin_ns, spin_until
+from relay.transports.base import (
+    HANDSHAKE_LIMIT,
+    message_size,
+    over_limit,
+    spin_ns,
+    spin_until,
+)
 
 try:  # grpcio internals behind the in-thread timed reads (_CallReader, _RequestReader)
     from grpc import _channel as _grpc_channel
@@ -557,6 +563,7 @@ class GrpcChannel:
 
     def __init__(self, limit: int, side: str) -> None:
         self._limit = limit
+        self._receive_limit = HANDSHAKE_LIMIT
         self._side = side
         self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._send: Callable[[bytes], Any] = self._outbox.put
@@ -617,10 +624,22 @@ class GrpcChannel:
             status = getattr(self._reader, "status", lambda: "")()
             self._fail(ConnectionLost(f"the {self._peer} ended the stream{status}"), None)
         try:
-            return unpack(data)  # type: ignore[return-value]
+            frames = unpack(data)
         except (ValueError, struct.error) as exc:
             self._fail(ConnectionLost(f"malformed relay message from the {self._peer}: {exc}"),
                        exc)
+        size = message_size(frames)
+        if size > self._receive_limit:
+            self._fail(ConnectionLost(
+                f"the {self._peer} sent {over_limit(size, self._receive_limit, self._limit)}; "
+                "connection dropped"), None)
+        return frames  # type: ignore[return-value]
+
+    def set_receive_limit(self, nbytes: int) -> None:
+        """Receive messages of up to ``nbytes`` bytes from now on (``HANDSHAKE_LIMIT``
+        until then; gRPC itself receives up to ``max_message_size``, as it
+        arrives, before this check)."""
+        self._receive_limit = nbytes
 
     def _fail(self, lost: ConnectionLost, cause: BaseException | None) -> NoReturn:
         lost.__cause__ = cause

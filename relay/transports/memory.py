@@ -16,7 +16,7 @@ from relay.codecs.base import Buffer
 from relay.core.config import Settings
 from relay.core.errors import ConnectError, ConnectionLost, InvalidURL, MessageTooLarge, Timeout
 from relay.core.url import URL
-from relay.transports.base import message_size
+from relay.transports.base import HANDSHAKE_LIMIT, message_size, over_limit
 
 __all__ = ["MemoryChannel", "MemoryListener", "MemoryTransport"]
 
@@ -31,6 +31,7 @@ class MemoryChannel:
         self._inbox = inbox
         self._outbox = outbox
         self._limit = limit
+        self._receive_limit = HANDSHAKE_LIMIT
         self._closed = False
         self._lost = False
 
@@ -52,7 +53,16 @@ class MemoryChannel:
         if item is _CLOSED:
             self._lost = True
             raise ConnectionLost("peer closed the memory channel")
+        size = message_size(item)
+        if size > self._receive_limit:
+            self.close()
+            self._lost = True
+            raise ConnectionLost(f"received {over_limit(size, self._receive_limit, self._limit)}"
+                                 "; connection dropped")
         return item
+
+    def set_receive_limit(self, nbytes: int) -> None:
+        self._receive_limit = nbytes
 
     def close(self) -> None:
         if not self._closed:

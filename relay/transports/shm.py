@@ -66,7 +66,10 @@ Growth
     raise :class:`~relay.core.errors.MessageTooLarge` on send and are never
     published (no segment grows; the one-pass fast path may have copied
     frames into free ring space before it knows the total); a received
-    record over the receiver's limit drops the connection (``ConnectionLost``).
+    record over the receiver's limit (``HANDSHAKE_LIMIT`` until
+    ``set_receive_limit``) drops the connection (``ConnectionLost``), checked
+    before any frame is copied out of the ring; a new segment is mapped, not
+    copied, and bounded by the same limit.
 
 Wake-up (chosen by benchmark: ``benchmarks/relay_bench/cases/shm.py``)
     After publishing, the writer posts the reader's semaphore (``sem_post``:
@@ -143,7 +146,6 @@ import os
 import platform
 import re
 import secrets
-import select
 import signal
 import socket
 import stat
@@ -171,7 +173,7 @@ from relay.core.errors import (
     TransportError,
 )
 from relay.core.url import URL
-from relay.transports.base import spin_ns
+from relay.transports.base import HANDSHAKE_LIMIT, over_limit, readable, spin_ns
 
 __all__ = [
     "DEFAULT_SEGMENT_SIZE",
@@ -589,6 +591,7 @@ class ShmChannel:
         self._out_sem = out_sem
         self._in_sem = in_sem
         self._limit = settings.max_message_size
+        self._receive_limit = HANDSHAKE_LIMIT
         self._send_timeout = settings.timeout
         self._zero_copy = settings.zero_copy
         self._spin = spin
@@ -909,14 +912,20 @@ class ShmChannel:
                     pos = (stop + ALIGN - 1) & -ALIGN
                 self._unreleased = True  # released by the next recv
             else:
+                # checked before copying: the peer's lengths may claim its whole
+                # (possibly sparse, so free to make) segment
+                bound = min(end, (w << 3) + self._receive_limit)
                 for n in ctl[w + 1:w + 1 + count]:
                     stop = pos + n
+                    if stop > bound:
+                        self._check_record(ctl, w, count, end)
+                        bound = end  # in the limit: the record's padding went past it
                     frames.append(bytearray(view[pos:stop]) if n < POOL_MIN
                                   else self._pool.fill(view[pos:stop]))
                     pos = (stop + ALIGN - 1) & -ALIGN
                 ctl[_R_SEQ] = rseq + 1
             self._rseq = rseq + 1
-            if pos > end or pos - (w << 3) > self._limit:
+            if pos > end or pos - (w << 3) > self._receive_limit:
                 self._check_record(ctl, w, count, end)
             return frames
         except ValueError:  # a view released by a concurrent close()
@@ -928,9 +937,9 @@ class ShmChannel:
         """Raise ConnectionLost for a record past ``end`` or over the size limit."""
         sizes = list(ctl[w + 1:w + 1 + count])
         total = sum(sizes)
-        if total > self._limit:
-            raise self._lose(f"the peer sent a message of {total} bytes, over "
-                             f"max_message_size={self._limit} bytes; connection dropped")
+        if total > self._receive_limit:
+            raise self._lose(f"the peer sent {over_limit(total, self._receive_limit, self._limit)}"
+                             "; connection dropped")
         pos = (w << 3) + ((8 * (1 + count) + 15) & -16)
         for n in sizes:
             if pos + n > end:
@@ -1063,10 +1072,10 @@ class ShmChannel:
             raise self._lose("malformed shm grow record")
         name = bytes(seg.view[HEADER + start + 16:HEADER + start + 16 + n]).decode(
             "ascii", "replace")
-        if size > _max_segment(self._limit):
+        if size > _max_segment(self._receive_limit):
             raise self._lose(f"the peer's new segment of {size} bytes is over the limit")
         try:
-            new = _Segment(_open_segment(name, _max_segment(self._limit)))
+            new = _Segment(_open_segment(name, _max_segment(self._receive_limit)))
         except ConnectionLost as exc:
             raise self._lose(str(exc)) from exc
         self._rseq += 1
@@ -1081,6 +1090,11 @@ class ShmChannel:
         return new
 
     # -- state ------------------------------------------------------------
+
+    def set_receive_limit(self, nbytes: int) -> None:
+        """Receive messages of up to ``nbytes`` bytes from now on (``HANDSHAKE_LIMIT``
+        until then)."""
+        self._receive_limit = nbytes
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -1206,6 +1220,7 @@ class ShmListener:
             self._sock.close()
             raise
         self._inode = os.stat(self._path).st_ino
+        self._readable = readable(self._sock)
         with _linked_lock:
             _linked[str(self._path)] = ("sock", os.getpid())
         self._closed = False
@@ -1253,10 +1268,10 @@ class ShmListener:
                 raise ConnectionLost("the shm listener is closed")
             wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
-                readable, _, _ = select.select([self._sock], [], [], wait)
+                ready = self._readable(wait)
             except (OSError, ValueError) as exc:
                 raise ConnectionLost(f"the shm listener is closed: {exc}") from exc
-            if not readable:
+            if not ready:
                 raise Timeout(f"no shm client within {timeout} s")
             try:
                 conn, _ = self._sock.accept()

@@ -23,10 +23,15 @@ see it whole)::
     u64 length[0] .. length[n-1]   byte length of each frame, little-endian
     frame 0 bytes | frame 1 bytes | ... | frame n-1 bytes   (no padding)
 
-The header is ``4 + 8 n`` bytes; ``max_message_size`` applies to the frame
-bytes (the WebSocket ``max_size`` is that plus header room).  A text message,
-a malformed header or a message over the limit closes the connection with
-code 1003 / 1007 / 1009 and a reason; the server keeps serving the others.
+The header is ``4 + 8 n`` bytes; the channel's receive limit applies to the
+frame bytes (the WebSocket ``max_size`` is that plus header room,
+:data:`HEADER_ROOM`): :data:`~relay.transports.base.HANDSHAKE_LIMIT` until
+``set_receive_limit`` raises it (relay's session does, to
+``max_message_size``, after its handshake).  A text message, a malformed
+header or a message over the limit closes the connection with code 1003 /
+1007 / 1009 and a reason; the server keeps serving the others.  The
+``websockets`` parser reads a frame's payload as it arrives, so a declared
+WebSocket length allocates nothing by itself.
 
 URL options (query string; settings such as ``codec`` or ``timeout`` are read
 elsewhere):
@@ -58,7 +63,7 @@ import http
 import logging
 import os
 import queue
-import select
+import selectors
 import socket
 import ssl
 import struct
@@ -79,7 +84,7 @@ from relay.core.errors import (
     TransportError,
 )
 from relay.core.url import URL
-from relay.transports.base import spin_ns, spin_until
+from relay.transports.base import HANDSHAKE_LIMIT, over_limit, readable, spin_ns, spin_until
 
 try:
     import websockets
@@ -121,7 +126,8 @@ CLOSE_KEEPALIVE = 1011
 """Close code when a ping got no pong within ``ping_timeout``."""
 
 HEADER_ROOM = 64 * 1024
-"""Bytes allowed on top of ``max_message_size`` for the header (up to 8191 frames)."""
+"""Bytes allowed on top of the receive limit for the header (up to 8191 frames),
+and at most the limit itself (so before the handshake it is 16 KiB)."""
 SMALL_MESSAGE = 64 * 1024
 """Messages up to this many bytes are joined into one WebSocket frame; larger
 ones are sent as one fragment per relay frame (no copy into a new buffer, and
@@ -138,6 +144,11 @@ USER_AGENT = f"relay websockets/{websockets.__version__}"
 
 _U32 = struct.Struct("<I")
 _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
+
+
+def _ws_max_size(limit: int) -> int:
+    """The WebSocket message size limit for relay messages of up to ``limit`` frame bytes."""
+    return limit + min(HEADER_ROOM, limit)
 
 
 def pack_header(lengths: Sequence[int]) -> bytes:
@@ -229,6 +240,7 @@ class _Conn:
         self.lost: str | None = None
         self._buffer = bytearray(READ_SIZE)
         self._view = memoryview(self._buffer)
+        self._readable = readable(sock)
         self._eof = False
         self._broken = False
         self._stop = threading.Event()
@@ -300,8 +312,8 @@ class _Conn:
         if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
             try:
                 if self.spin and (wait is None or wait > 0):
-                    spin_until(lambda: bool(select.select([sock], [], [], 0)[0]), self.spin)
-                ready, _, _ = select.select([sock], [], [], wait)
+                    spin_until(lambda: self._readable(0), self.spin)
+                ready = self._readable(wait)
             except (OSError, ValueError) as exc:
                 self._lose(f"WebSocket failed: {exc}")
                 return
@@ -452,6 +464,7 @@ class WsChannel:
                  on_close: Callable[[WsChannel], None] | None = None) -> None:
         self._conn = conn
         self._limit = limit
+        self._receive_limit = HANDSHAKE_LIMIT
         self.path = path
         self._closed = False
         self._on_close = on_close
@@ -484,11 +497,16 @@ class WsChannel:
         if is_text:
             self._reject(CLOSE_UNSUPPORTED, "relay/1 over WebSocket uses binary messages")
         try:
-            return _unpack_fragments(fragments, self._limit)
+            return _unpack_fragments(fragments, self._receive_limit)
         except MessageTooLarge as exc:
-            self._reject(CLOSE_TOO_BIG, str(exc))
+            self._reject(CLOSE_TOO_BIG, over_limit(exc.size, self._receive_limit, self._limit))
         except ValueError as exc:
             self._reject(CLOSE_BAD_DATA, f"malformed relay message: {exc}")
+
+    def set_receive_limit(self, nbytes: int) -> None:
+        """Receive messages of up to ``nbytes`` frame bytes from now on."""
+        self._receive_limit = nbytes
+        self._conn.protocol.max_message_size = _ws_max_size(nbytes)  # read per frame
 
     def _reject(self, code: int, reason: str) -> NoReturn:
         self.close(code, reason[:120])
@@ -701,18 +719,24 @@ class WsListener:
         return self._url.set(address=f"{netloc}:{self._port}{self._path}", query=query)
 
     def _accept_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                ready, _, _ = select.select([self._sock, self._wake_r], [], [])
-                if self._sock not in ready:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._sock, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while not self._closed.is_set():
+                try:
+                    ready = [key.fileobj for key, _ in selector.select()]
+                    if self._sock not in ready:
+                        continue
+                    sock, _ = self._sock.accept()
+                except (OSError, ValueError) as exc:
+                    if self._closed.is_set():
+                        return
+                    # out of file descriptors, say: wait instead of spinning
+                    log.warning("accepting a WebSocket client failed: %s", exc)
+                    self._closed.wait(0.1)
                     continue
-                sock, _ = self._sock.accept()
-            except (OSError, ValueError):
-                if self._closed.is_set():
-                    return
-                continue
-            threading.Thread(target=self._handshake, args=(sock,), name="relay-ws-handshake",
-                             daemon=True).start()
+                threading.Thread(target=self._handshake, args=(sock,),
+                                 name="relay-ws-handshake", daemon=True).start()
 
     def _refusal(self, request: Request) -> tuple[http.HTTPStatus, str] | None:
         path = request.path.split("?", 1)[0]
@@ -732,7 +756,7 @@ class WsListener:
     def _handshake(self, sock: socket.socket) -> None:
         """The opening handshake of one client (its own thread); then queue it for accept."""
         deadline = time.monotonic() + self._settings.connect_timeout
-        protocol = ServerProtocol(max_size=self._settings.max_message_size + HEADER_ROOM,
+        protocol = ServerProtocol(max_size=_ws_max_size(HANDSHAKE_LIMIT),
                                   select_subprotocol=_select_token_subprotocol,
                                   logger=token_safe_logger(_SERVER_LOG))
         try:
@@ -859,7 +883,7 @@ class WsTransport:
         except InvalidURI as exc:
             raise InvalidURL(url.render(), str(exc)) from exc
         deadline = time.monotonic() + timeout
-        protocol = ClientProtocol(wsuri, max_size=settings.max_message_size + HEADER_ROOM,
+        protocol = ClientProtocol(wsuri, max_size=_ws_max_size(HANDSHAKE_LIMIT),
                                   logger=token_safe_logger(_CLIENT_LOG))
         try:
             sock = socket.create_connection((host, port), timeout=timeout)

@@ -77,7 +77,7 @@ from relay.core.errors import (
     TransportError,
 )
 from relay.core.url import URL
-from relay.transports.base import spin_ns, spin_until
+from relay.transports.base import HANDSHAKE_LIMIT, over_limit, spin_ns, spin_until
 
 __all__ = ["HEARTBEAT_IVL_MS", "HEARTBEAT_TIMEOUT_MS", "ZmqChannel", "ZmqListener",
            "ZmqTransport"]
@@ -196,6 +196,7 @@ class ZmqChannel:
         self._sock = sock
         self._spin_ns = spin
         self._limit = settings.max_message_size
+        self._receive_limit = HANDSHAKE_LIMIT
         self._send_timeout = settings.timeout
         self._ipc_path = ipc_path
         self._name = name
@@ -325,21 +326,25 @@ class ZmqChannel:
                     wait_ms = min(CHECK_INTERVAL_MS, _ms(remaining))
                     continue
                 frames: list[Buffer] = [frame.buffer]
-                if frame.more:
-                    size = len(frame)
-                    while frame.more:
-                        frame = sock.recv(0, copy=False)
-                        frames.append(frame.buffer)
-                        size += len(frame)
-                    if size > self._limit:
-                        self._lost = (f"{self._name}: received a message of {size} bytes, "
-                                      f"over max_message_size={self._limit}")
-                        self._teardown()
-                        raise ConnectionLost(self._lost)
+                size = len(frame)
+                while frame.more:
+                    frame = sock.recv(0, copy=False)
+                    frames.append(frame.buffer)
+                    size += len(frame)
+                if size > self._receive_limit:
+                    self._lost = (f"{self._name}: received "
+                                  f"{over_limit(size, self._receive_limit, self._limit)}")
+                    self._teardown()
+                    raise ConnectionLost(self._lost)
                 return frames
         except zmq.ZMQError as exc:
             self._lost = f"{self._name}: receive failed: {exc}"
             raise ConnectionLost(self._lost) from exc
+
+    def set_receive_limit(self, nbytes: int) -> None:
+        """Receive messages of up to ``nbytes`` bytes from now on (``HANDSHAKE_LIMIT``
+        until then; ``MAXMSGSIZE`` bounds each ZeroMQ frame by ``max_message_size``)."""
+        self._receive_limit = nbytes
 
     def _wait_connected(self, deadline: float) -> None:
         """Wait for the ZMTP handshake with the peer (so either side sees a later death).

@@ -118,6 +118,7 @@ def test_last_message_before_close_arrives() -> None:
     try:
         client = transport.connect(listener.address, Settings(), timeout=5.0)
         server = listener.accept(5.0)
+        client.set_receive_limit(Settings().max_message_size)  # as after the handshake
         big = np.arange(300_000, dtype=np.uint8).tobytes()
         server.send([b"first", big])
         server.send([b"last"])
@@ -170,6 +171,8 @@ def test_sends_do_not_wait_for_a_peer_that_is_not_reading(
     try:
         client = transport.connect(listener.address, settings, timeout=5.0)
         server = listener.accept(5.0)
+        for channel in (client, server):  # as after relay's handshake
+            channel.set_receive_limit(settings.max_message_size)
         big = [bytes([i]) * (6 << 20) for i in range(3)]
         for sender, receiver in ((client, server), (server, client)):
             start = time.monotonic()

@@ -26,7 +26,7 @@ from relay.core.errors import ConnectionLost, InvalidURL, RemoteEnvError
 from relay.core.plugins import get_transport
 from relay.core.url import URL, make_url
 from relay.testing import TransportCompliance
-from relay.transports.shm import socket_path, sweep_orphans
+from relay.transports.shm import _TABLE, _W_SEQ, _W_ZERO, ShmChannel, socket_path, sweep_orphans
 
 pytestmark = pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm")
 
@@ -38,6 +38,18 @@ def relay_entries() -> set[str]:
 class TestShm(TransportCompliance):
     url = "shm://0"
     unreachable_url = "shm://nobody-listens-here"
+
+    def declare(self, address: URL, nbytes: int) -> ShmChannel:
+        """A real client whose (sparse) ring of ``nbytes`` holds one record that
+        declares a frame of ``nbytes``: more than the ring holds after the table."""
+        client = get_transport("shm").connect(
+            address.set(query={"segment_size": str(nbytes), "spin": "0"}), Settings(),
+            timeout=5.0)
+        ctl = client._octl
+        ctl[_TABLE], ctl[_TABLE + 1] = 1, nbytes
+        ctl[_W_ZERO] = ctl[_W_SEQ] = 1
+        client._out_sem.release()
+        return client
 
 
 class TestShmSmallSegments(TransportCompliance):
@@ -122,6 +134,8 @@ def pair(url: str = "shm://0", **settings) -> tuple:
     client = transport.connect(listener.address.set(query=make_url(url).query), settings,
                                timeout=5.0)
     thread.join(10)
+    for channel in (client, accepted[0]):  # as after relay's handshake
+        channel.set_receive_limit(settings.max_message_size)
     return listener, client, accepted[0]
 
 
@@ -315,6 +329,7 @@ def test_received_message_over_the_receivers_limit_drops_the_connection() -> Non
     client = transport.connect(listener.address, Settings(max_message_size=10_000), timeout=5)
     thread.join(10)
     server = accepted[0]
+    server.set_receive_limit(1000)
     try:
         client.send([b"x" * 5000])
         with pytest.raises(ConnectionLost, match="max_message_size=1000"):

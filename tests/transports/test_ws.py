@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import relay
 from relay.core.config import Settings
 from relay.core.errors import ConnectError, ConnectionLost
 from relay.core.plugins import get_transport
-from relay.core.url import make_url
+from relay.core.url import URL, make_url
 from relay.testing import TransportCompliance, make_certificate
 from relay.transports.ws import pack_header
 
@@ -25,9 +26,33 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_certificate(tmp_path_factory.mktemp("tls"))
 
 
+def upgraded_socket(port: int) -> socket.socket:
+    """A raw socket to a ws:// listener on ``port`` after the HTTP upgrade."""
+    from websockets.client import ClientProtocol
+    from websockets.uri import parse_uri
+
+    protocol = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/relay"))
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    protocol.send_request(protocol.connect())
+    for chunk in protocol.data_to_send():
+        sock.sendall(chunk)
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 101")
+    return sock
+
+
 class TestWs(TransportCompliance):
     url = "ws://127.0.0.1:0/relay"
     unreachable_url = "ws://127.0.0.1:1/relay"
+
+    def declare(self, address: URL, nbytes: int) -> socket.socket:
+        assert address.port is not None
+        sock = upgraded_socket(address.port)
+        # a masked binary frame announcing nbytes (64-bit length), and no payload
+        sock.sendall(bytes([0x82, 0x80 | 127]) + struct.pack(">Q", nbytes) + b"mask")
+        return sock
 
 
 class TestWss(TransportCompliance):

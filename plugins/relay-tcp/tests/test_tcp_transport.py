@@ -24,6 +24,11 @@ def free_port() -> int:
 class TestTcp(TransportCompliance):
     url = "tcp://127.0.0.1:0"
 
+    def declare(self, address: URL, nbytes: int) -> socket.socket:
+        raw = socket.create_connection((address.host, address.port), timeout=5)
+        raw.sendall(struct.pack("<IQ", 1, nbytes))  # a header, and never the frame
+        return raw
+
     @property
     def unreachable_url(self) -> str:  # type: ignore[override]
         return f"tcp://127.0.0.1:{free_port()}"
@@ -42,9 +47,21 @@ def listener(settings: Settings):
 
 
 def raw_peer(listener, settings: Settings):
-    """A raw socket connected to ``listener`` and the accepted channel."""
+    """A raw socket connected to ``listener`` and the accepted channel (its
+    receive limit raised as after relay's handshake)."""
     raw = socket.create_connection((listener.address.host, listener.address.port), timeout=5)
-    return raw, listener.accept(5.0)
+    channel = listener.accept(5.0)
+    channel.set_receive_limit(settings.max_message_size)
+    return raw, channel
+
+
+def connected(listener, settings: Settings):
+    """A client and server channel, receive limits raised as after relay's handshake."""
+    client = get_transport("tcp").connect(listener.address, settings, timeout=5.0)
+    server = listener.accept(5.0)
+    for channel in (client, server):
+        channel.set_receive_limit(settings.max_message_size)
+    return client, server
 
 
 def test_empty_host_binds_loopback(settings: Settings) -> None:
@@ -58,8 +75,7 @@ def test_empty_host_binds_loopback(settings: Settings) -> None:
 
 
 def test_wire_format_is_documented_layout(listener, settings: Settings) -> None:
-    client = get_transport("tcp").connect(listener.address, settings, timeout=5.0)
-    server = listener.accept(5.0)
+    client, server = connected(listener, settings)
     try:
         client.send([b"ab", b"", b"cde"])
         frames = server.recv(5.0)
@@ -137,8 +153,7 @@ def test_reset_is_connection_lost(listener, settings: Settings) -> None:
 
 def test_send_to_a_peer_that_never_reads_ends(listener) -> None:
     settings = Settings(max_message_size=64 << 20, timeout=0.5)
-    client = get_transport("tcp").connect(listener.address, settings, timeout=5.0)
-    server = listener.accept(5.0)
+    client, server = connected(listener, settings)
     try:
         start = time.monotonic()
         with pytest.raises(ConnectionLost, match="read nothing"):
@@ -151,8 +166,7 @@ def test_send_to_a_peer_that_never_reads_ends(listener) -> None:
 
 
 def test_close_from_another_thread_ends_a_blocked_recv(listener, settings: Settings) -> None:
-    client = get_transport("tcp").connect(listener.address, settings, timeout=5.0)
-    server = listener.accept(5.0)
+    client, server = connected(listener, settings)
     errors: list[BaseException] = []
 
     def receive() -> None:
@@ -173,8 +187,7 @@ def test_close_from_another_thread_ends_a_blocked_recv(listener, settings: Setti
 
 @pytest.mark.parametrize("count", [3000, 20_000])  # over IOV_MAX; a header over the buffer
 def test_many_frames(listener, settings: Settings, count: int) -> None:
-    client = get_transport("tcp").connect(listener.address, settings, timeout=5.0)
-    server = listener.accept(5.0)
+    client, server = connected(listener, settings)
     try:
         frames = [i.to_bytes(4, "little") for i in range(count)]
         client.send(frames)
@@ -240,8 +253,7 @@ def test_random_fragmentation_and_timeouts_keep_messages_whole(
 
 def test_burst_of_small_messages(listener, settings: Settings) -> None:
     """Many messages in one burst: some straddle the end of the receive buffer."""
-    client = get_transport("tcp").connect(listener.address, settings, timeout=5.0)
-    server = listener.accept(5.0)
+    client, server = connected(listener, settings)
     try:
         messages = [[i.to_bytes(4, "little"), bytes([i % 256]) * (i % 997)] for i in range(2000)]
         for message in messages:

@@ -8,10 +8,15 @@ Wire format (this module is its source; all integers little-endian)::
 
 A message is its header followed by the bytes of its frames, back to back,
 with no padding and no trailer.  The receiver checks ``n`` against
-:data:`MAX_FRAMES` and ``sum(len_i)`` against ``settings.max_message_size``
-(bytes) *before* allocating anything; an oversized declaration drops the
+:data:`MAX_FRAMES`, and ``sum(len_i)`` and ``8 n`` against the channel's
+receive limit (bytes: :data:`~relay.transports.base.HANDSHAKE_LIMIT` until
+``set_receive_limit`` raises it, which relay's session does after the
+handshake) as soon as the header is in; a declaration over it drops the
 connection (:class:`~relay.ConnectionLost` on the receiver, the listener keeps
-accepting others).
+accepting others).  Declared lengths never size an allocation: the header
+buffer and each frame grow as their bytes arrive (the buffer doubles, a frame
+is replaced by one 4x as large, from at most 256 KiB), so a peer announcing
+huge frames it never sends costs next to nothing.
 
 Sending gathers the header and the frames with one ``socket.sendmsg`` call (no
 concatenation copy).  Receiving reads into a per-channel buffer and copies
@@ -31,7 +36,7 @@ from __future__ import annotations
 
 import math
 import os
-import select
+import select  # poll() only: select.select fails for file descriptors >= 1024
 import socket
 import struct
 import threading
@@ -49,7 +54,7 @@ from relay import (
     Timeout,
     TransportError,
 )
-from relay.transports.base import spin_ns, spin_until
+from relay.transports.base import HANDSHAKE_LIMIT, over_limit, spin_ns, spin_until
 
 __all__ = ["MAX_FRAMES", "TcpChannel", "TcpListener", "TcpTransport"]
 
@@ -61,6 +66,8 @@ _BUFFER_SIZE = 1 << 16  # receive buffer, bytes
 _DIRECT = _BUFFER_SIZE // 4  # frame rests at least this big are read straight into the frame
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
+_FIRST_ROOM = 1 << 18  # a frame's first allocation at most, bytes (then 4x per step)
+_EMPTY = bytearray()  # the frame before its first byte: never written to, only replaced
 
 
 def _poll_ms(deadline: float | None) -> int | None:
@@ -85,6 +92,7 @@ class TcpChannel:
         self._fd = sock.fileno()
         self._peer = peer
         self._limit = settings.max_message_size
+        self._receive_limit = HANDSHAKE_LIMIT
         self._send_timeout = settings.timeout
         self._readable = select.poll()
         self._readable.register(self._fd, select.POLLIN)
@@ -96,10 +104,17 @@ class TcpChannel:
         self._buffer = bytearray(_BUFFER_SIZE)
         self._view = memoryview(self._buffer)
         self._start = self._end = 0
-        # the message being received: its frames, the one being filled, bytes in it
-        self._frames: list[bytearray] | None = None
-        self._index = 0
+        # the message being received: its declared frame lengths (None between
+        # messages), its finished frames, the one being filled and bytes in it
+        # (its len() is its capacity so far: at most the declared length)
+        self._lengths: tuple[int, ...] | None = None
+        self._frames: list[bytearray] = []
+        self._frame = _EMPTY
         self._filled = 0
+
+    def set_receive_limit(self, nbytes: int) -> None:
+        """Receive messages of up to ``nbytes`` bytes from now on (see the module docstring)."""
+        self._receive_limit = nbytes
 
     # -- sending -------------------------------------------------------------
 
@@ -153,8 +168,7 @@ class TcpChannel:
         Raises:
             Timeout: no whole message in time (what arrived is kept for the next call).
             ConnectionLost: the peer closed or reset the connection, or declared
-                a message over ``settings.max_message_size`` bytes or
-                :data:`MAX_FRAMES` frames.
+                a message over the receive limit or :data:`MAX_FRAMES` frames.
         """
         self._check()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -166,65 +180,75 @@ class TcpChannel:
 
     def _parse(self) -> list[Any] | None:
         """Consume buffered bytes; return the message once complete."""
-        if self._frames is None:
+        lengths = self._lengths
+        if lengths is None:
             available = self._end - self._start
             if available < _COUNT.size:
                 return None
             (count,) = _COUNT.unpack_from(self._buffer, self._start)
-            if count > MAX_FRAMES:
-                raise self._lose(f"{self._peer} declared {count} frames (limit {MAX_FRAMES})")
+            limit = self._receive_limit
+            if count > MAX_FRAMES or 8 * count > limit:
+                raise self._lose(f"{self._peer} declared {count} frames (limit "
+                                 f"{min(MAX_FRAMES, limit // 8)} with a receive limit of "
+                                 f"{limit} bytes)")
             header_size = _COUNT.size + 8 * count
             if available < header_size:
-                if header_size > len(self._buffer):  # a header bigger than the buffer
-                    grown = bytearray(header_size)
-                    grown[:available] = self._view[self._start:self._end]
-                    self._buffer, self._view = grown, memoryview(grown)
-                    self._start, self._end = 0, available
-                return None
+                return None  # _fill grows the buffer as the header arrives
             lengths = struct.unpack_from(f"<{count}Q", self._buffer, self._start + _COUNT.size)
             size = sum(lengths)
-            if size > self._limit:
-                raise self._lose(
-                    f"{self._peer} declared a message of {size} bytes, "
-                    f"over max_message_size={self._limit} bytes"
-                )
+            if size > limit:
+                raise self._lose(f"{self._peer} declared {over_limit(size, limit, self._limit)}")
             self._start += header_size
-            self._frames = [bytearray(length) for length in lengths]
-            self._index = self._filled = 0
+            self._lengths = lengths
         frames = self._frames
-        while self._index < len(frames):
-            frame = frames[self._index]
-            need = len(frame) - self._filled
-            if need:
-                take = min(need, self._end - self._start)
-                if not take:
+        while len(frames) < len(lengths):
+            length = lengths[len(frames)]
+            while self._filled < length:
+                available = self._end - self._start
+                if not available:
                     return None
-                memoryview(frame)[self._filled:self._filled + take] = (
-                    self._view[self._start:self._start + take]
-                )
+                frame = self._room(length)
+                take = min(len(frame) - self._filled, available)
+                frame[self._filled:self._filled + take] = (
+                    self._view[self._start:self._start + take])
                 self._start += take
                 self._filled += take
-                if take < need:
-                    return None
-            self._index += 1
+            frames.append(self._frame if length else bytearray())
+            self._frame = _EMPTY
             self._filled = 0
-        self._frames = None
+        self._lengths = None
+        self._frames = []
         return frames
+
+    def _room(self, length: int) -> bytearray:
+        """The frame being filled (declared ``length``), with room for more bytes:
+        when full, it is replaced by one 4x as large (at least
+        :data:`_FIRST_ROOM`, at most ``length``) holding what arrived."""
+        frame = self._frame
+        if self._filled == len(frame):
+            grown = bytearray(min(length, max(4 * len(frame), _FIRST_ROOM)))
+            grown[:self._filled] = frame
+            self._frame = frame = grown
+        return frame
 
     def _fill(self, deadline: float | None, timeout: float | None) -> None:
         """Receive more bytes: straight into a big frame, else into the buffer."""
         if self._start == self._end:
             self._start = self._end = 0
-        frames = self._frames
-        if frames is not None and self._start == self._end:
-            rest = len(frames[self._index]) - self._filled
-            if rest >= _DIRECT:
-                start = self._filled
-                self._filled += self._recv_into(
-                    memoryview(frames[self._index])[start:], deadline, timeout)
-                return
+            lengths = self._lengths
+            if lengths is not None:
+                length = lengths[len(self._frames)]
+                if length - self._filled >= _DIRECT:
+                    target = memoryview(self._room(length))[self._filled:]
+                    self._filled += self._recv_into(target, deadline, timeout)
+                    return
         if self._end == len(self._buffer):
-            self._compact()
+            if self._start:
+                self._compact()
+            else:  # a header larger than the buffer, arriving: grow with it
+                grown = bytearray(2 * len(self._buffer))
+                grown[:self._end] = self._view[:self._end]
+                self._buffer, self._view = grown, memoryview(grown)
         self._end += self._recv_into(self._view[self._end:], deadline, timeout)
 
     def _compact(self) -> None:
