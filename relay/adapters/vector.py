@@ -99,6 +99,9 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
             server with cores to spare.
         render_mode: each sub-env's render mode (``"rgb_array"``, ``"ansi"``,
             ...; not ``"human"``).
+        resolve_url: ``resolve_url(i) -> URL`` of sub-env ``i``'s server, asked
+            when :meth:`reset` reconnects a sub-env whose connection was lost
+            (a restarted server may listen elsewhere); None: the same URL.
         codec, timeout, connect_timeout, max_message_size, token, zero_copy:
             settings of every connection, see :class:`relay.core.config.Settings`.
         **env_kwargs: keyword arguments of each remote ``gymnasium.make``.
@@ -123,6 +126,7 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
         copy: bool = True,
         render_mode: str | None = None,
         share_connections: bool = True,
+        resolve_url: Callable[[int], str | URL] | None = None,
         **settings_and_env_kwargs: Any,
     ) -> None:
         urls = [url] if isinstance(url, (str, URL)) else list(url)
@@ -149,6 +153,8 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
             kwargs={"url": [str(u) for u in urls] if len(urls) > 1 else str(urls[0]),
                     "env_id": env_id, "num_envs": num_envs, **settings_and_env_kwargs},
         )
+        self._remake = (env_id, render_mode, settings_and_env_kwargs, share_connections,
+                        resolve_url)
         self.envs: list[RemoteEnv] = _make_all(self.urls, env_id, render_mode,
                                                settings_and_env_kwargs,
                                                share=share_connections)
@@ -207,6 +213,8 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
             ValueError, TypeError: a seed list of the wrong length, a bad reset_mask.
             RemoteError, Timeout, ConnectionLost: from the first failing
                 sub-env, after every sub-env answered (``env_index`` attribute).
+            ConnectError: a lost sub-env's server cannot be reached (yet): the
+                others are reset; the next ``reset`` tries again.
         """
         if seed is None:
             seeds: list[int | None] = [None] * self.num_envs
@@ -226,7 +234,10 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
         self._truncations[mask] = False
         self._autoreset_envs[mask] = False
 
-        chosen = [i for i in range(self.num_envs) if mask[i]]
+        lost = self._reconnect([i for i in range(self.num_envs)
+                                if mask[i] and self.envs[i].connection.closed])
+        chosen = [i for i in range(self.num_envs) if mask[i] and i not in lost]
+        self._autoreset_envs[list(lost)] = True  # (NEXT_STEP: the next step resets it)
         answers, error = self._exchange(
             [(i, Reset(instance=self.envs[i].instance, seed=seeds[i], options=options))
              for i in chosen])
@@ -238,11 +249,47 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
             assert isinstance(answer, Observation)
             self._env_obs[i] = answer.obs
             infos = self._add_info(infos, answer.info, i)
+        error = lost[min(lost)] if lost else error
         if error is not None:
             raise error from error.__cause__
         self._observations = concatenate(self.single_observation_space, self._env_obs,
                                          self._observations)
         return (deepcopy(self._observations) if self.copy else self._observations), infos
+
+    def _reconnect(self, indices: list[int]) -> dict[int, RelayError]:
+        """Make the sub-envs ``indices`` (their connection lost) anew on their server.
+
+        Those that shared a connection share the new one.  Returns the
+        failures by sub-env index (:func:`_indexed`); those sub-envs keep
+        their lost connection, for the next ``reset`` to try again.
+        """
+        env_id, render_mode, kwargs, share, resolve_url = self._remake
+        groups: dict[Any, list[int]] = {}
+        for i in indices:
+            groups.setdefault(id(self.envs[i].connection) if share else i, []).append(i)
+        failures: dict[int, RelayError] = {}
+        for group in groups.values():
+            url: str | URL = self.urls[group[0]]
+            made: list[RemoteEnv] = []
+            try:
+                url = url if resolve_url is None else resolve_url(group[0])
+                for _ in group:
+                    made.append(RemoteEnv(url, env_id, render_mode=render_mode,
+                                          connection=made[0].connection if made else None,
+                                          **kwargs))
+                    for name in ("observation_space", "action_space"):
+                        if getattr(made[-1], name) != getattr(self, f"single_{name}"):
+                            raise RelayError(f"the new server at {url} has the {name} "
+                                             f"{getattr(made[-1], name)}, not "
+                                             f"{getattr(self, f'single_{name}')}")
+            except RelayError as exc:
+                _close_all(made)
+                failures.update((i, _indexed(exc, i, url)) for i in group)
+                continue
+            for i, env in zip(group, made, strict=True):
+                self.envs[i].close()  # its connection is lost: this only lets it go
+                self.envs[i], self.urls[i] = env, url
+        return failures
 
     def step(
         self, actions: Any

@@ -309,3 +309,56 @@ def test_peer_protocol_connections_fall_back_to_calls():
         finally:
             remote.close()
             local.close()
+
+
+def test_reset_reconnects_sub_envs_whose_connection_was_lost():
+    """A server that goes away fails the steps of its sub-envs with ConnectionLost
+    naming them while the others step on; resetting them (here with a mask)
+    makes them anew at the URL resolve_url gives, while their server is back."""
+    servers = [relay.serve("CartPole-v1", "shm://0") for _ in range(2)]
+    moved: dict[int, relay.URL] = {}
+    remote = relay.make_vec([s.address for s in servers], num_envs=4, connect_timeout=0.5,
+                            resolve_url=lambda i: moved.get(i % 2, remote.urls[i]))
+    try:
+        before, _ = remote.reset(seed=0)
+        servers[0].close()  # sub-envs 0 and 2 lived there
+        start = time.monotonic()
+        with pytest.raises(relay.ConnectionLost, match="sub-environment 0") as lost:
+            remote.step(np.array([1, 1, 1, 1]))
+        assert time.monotonic() - start < 1.0
+        assert lost.value.env_index == 0
+        mask = np.array([True, False, True, False])
+        with pytest.raises(relay.ConnectError, match="sub-environment 0"):
+            remote.reset(seed=[5, None, 7, None], options={"reset_mask": mask})  # still down
+        servers.append(relay.serve("CartPole-v1", "shm://0"))
+        moved[0] = servers[-1].address
+        obs, _ = remote.reset(seed=[5, None, 7, None], options={"reset_mask": mask})
+        for i, seed in ((0, 5), (2, 7)):
+            want, _ = gym.make("CartPole-v1").reset(seed=seed)
+            np.testing.assert_array_equal(obs[i], want)
+            assert remote.urls[i] == servers[-1].address
+        assert remote.envs[0].connection is remote.envs[2].connection  # shared again
+        assert not np.array_equal(obs[1], before[1])  # 1 and 3 went on with their episodes
+        obs, rewards, *_ = remote.step(np.array([0, 0, 0, 0]))
+        assert rewards.tolist() == [1.0, 1.0, 1.0, 1.0]
+    finally:
+        remote.close()
+        for server in servers:
+            server.close()
+
+
+def test_reset_reconnects_to_the_same_url_by_default():
+    server = relay.serve("CartPole-v1", "shm://relay-test-reconnect")
+    remote = relay.make_vec(server.address, num_envs=2)
+    try:
+        remote.reset(seed=0)
+        server.close()
+        with pytest.raises(relay.ConnectionLost):
+            remote.step(np.array([0, 0]))
+        server = relay.serve("CartPole-v1", "shm://relay-test-reconnect")
+        obs, _ = remote.reset(seed=3)
+        want, _ = gym.make("CartPole-v1").reset(seed=4)
+        np.testing.assert_array_equal(obs[1], want)
+    finally:
+        remote.close()
+        server.close()
