@@ -7,7 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import click
 
@@ -22,7 +22,28 @@ def _fail(exc: RelayError) -> NoReturn:
     raise click.ClickException(f"{type(exc).__name__}: {exc}")
 
 
-@click.group()
+class _Commands(click.Group):
+    """relay's own subcommands, then those plugins register (``relay_register_commands``),
+    imported only when one runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from relay.core.plugins import commands
+
+        return sorted({*super().list_commands(ctx), *commands()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        from relay.core.plugins import get_command
+
+        try:
+            return cast(click.Command | None, get_command(cmd_name))
+        except RelayError as exc:
+            _fail(exc)
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="relay-rl")
 def main() -> None:
     """relay: Gymnasium and dm_env environments across processes, machines and languages."""
@@ -154,6 +175,10 @@ def plugins() -> None:
     click.echo("codecs:")
     for name, entry in sorted(registry.codecs().items()):
         click.echo(f"  {name:<14} {entry.target:<48} {entry.provider}")
+    if registry.commands():
+        click.echo("commands:")
+        for name, entry in sorted(registry.commands().items()):
+            click.echo(f"  {'relay ' + name:<14} {entry.target:<48} {entry.provider}")
     errors = registry.plugin_errors()
     if errors:
         click.echo("plugins that failed to load:")

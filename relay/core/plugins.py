@@ -7,12 +7,15 @@ Built-ins are registered through the same hooks as third-party plugins
     [project.entry-points.relay]
     nng = "relay_nng.hooks"
 
-and implements one or both hooks, registering ``"module:Class"`` strings so
+and implements any of the hooks, registering ``"module:Class"`` strings so
 that loading the plugin imports nothing heavy::
 
     @relay.hookimpl
     def relay_register_transports(register):
         register("nng+tcp", "relay_nng.transport:NngTransport", extra="relay-nng")
+
+``relay_register_commands`` adds a subcommand to the ``relay`` command line
+(``"module:click_command"``, imported only when that subcommand runs).
 
 Plugins are loaded on first use (never at ``import relay``).  Lookup order is
 built-in, then entry points; a plugin cannot take a built-in name.  A plugin
@@ -41,7 +44,9 @@ __all__ = [
     "Entry",
     "Register",
     "codecs",
+    "commands",
     "get_codec",
+    "get_command",
     "get_transport",
     "hookimpl",
     "hookspec",
@@ -72,6 +77,10 @@ class HookSpecs:
     def relay_register_codecs(self, register: Register) -> None:
         """Register codecs by name (``"msgpack"``) and ``"module:Class"``."""
 
+    @hookspec
+    def relay_register_commands(self, register: Register) -> None:
+        """Register ``relay`` subcommands by name (``"ray"``) and ``"module:click_command"``."""
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -88,6 +97,7 @@ class _Registry:
     def __init__(self) -> None:
         self.transports: dict[str, Entry] = {}
         self.codecs: dict[str, Entry] = {}
+        self.commands: dict[str, Entry] = {}
         self.errors: dict[str, str] = {}
         self._instances: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -135,6 +145,7 @@ class _Registry:
         try:
             pm.hook.relay_register_transports(register=registrar(self.transports))
             pm.hook.relay_register_codecs(register=registrar(self.codecs))
+            pm.hook.relay_register_commands(register=registrar(self.commands))
         except Exception as exc:
             self.errors[plugin] = f"{provider}: hook failed: {exc!r}"
 
@@ -142,15 +153,18 @@ class _Registry:
         with self._lock:
             cached = self._instances.get(entry.target)
             if cached is None:
-                module_name, _, attr = entry.target.partition(":")
-                try:
-                    cls = getattr(importlib.import_module(module_name), attr)
-                except ImportError as exc:
-                    raise MissingDependency(what, entry.extra or entry.provider, str(exc)) from exc
-                except AttributeError as exc:
-                    raise PluginError(f"{entry.provider}: {entry.target!r} not found") from exc
-                cached = self._instances[entry.target] = cls()
+                cached = self._instances[entry.target] = self.target(entry, what)()
             return cached
+
+    @staticmethod
+    def target(entry: Entry, what: str) -> Any:
+        module_name, _, attr = entry.target.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), attr)
+        except ImportError as exc:
+            raise MissingDependency(what, entry.extra or entry.provider, str(exc)) from exc
+        except AttributeError as exc:
+            raise PluginError(f"{entry.provider}: {entry.target!r} not found") from exc
 
 
 _registry: _Registry | None = None
@@ -175,6 +189,11 @@ def transports() -> Mapping[str, Entry]:
 def codecs() -> Mapping[str, Entry]:
     """Read-only view: codec name -> :class:`Entry` (loads plugins on first call)."""
     return MappingProxyType(_get_registry().codecs)
+
+
+def commands() -> Mapping[str, Entry]:
+    """Read-only view: ``relay`` subcommand name -> :class:`Entry` (loads plugins on first call)."""
+    return MappingProxyType(_get_registry().commands)
 
 
 def plugin_errors() -> Mapping[str, str]:
@@ -209,6 +228,16 @@ def get_codec(name: str) -> Any:
     if entry is None:
         raise UnknownCodec(name, registry.codecs)
     return registry.instance(entry, f"the {name!r} codec")
+
+
+def get_command(name: str) -> Any:
+    """The click command a plugin registered as ``name`` (imported now), or None.
+
+    Raises:
+        MissingDependency, PluginError: its module cannot be imported.
+    """
+    entry = _get_registry().commands.get(name)
+    return None if entry is None else _Registry.target(entry, f"the 'relay {name}' command")
 
 
 def _reset_for_tests() -> None:

@@ -1,0 +1,111 @@
+"""ActorPool on a simulated three-node Ray cluster (see conftest): actors land where
+their resources say, the learner reaches them over shm:// on its node and tcp://
+elsewhere, and steps equal local envs."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import ray
+from gymnasium.vector import SyncVectorEnv
+
+import relay
+import relay_ray
+
+
+def test_actors_land_where_their_resources_say(nodes):
+    with relay_ray.ActorPool("CartPole-v1", 3, num_cpus=0, resources={"a": 1}) as on_a, \
+            relay_ray.ActorPool("CartPole-v1", 2, num_cpus=0, resources={"b": 1}) as on_b:
+        assert {info["node_id"] for info in on_a._infos} == {nodes.a}
+        assert {info["node_id"] for info in on_b._infos} == {nodes.b}
+        for url in on_a.urls + on_b.urls:  # other nodes than the driver's: a network URL
+            parsed = relay.make_url(url)
+            assert parsed.scheme == "tcp" and parsed.host == "127.0.0.1"
+            assert parsed.port not in (0, None)
+        assert len(set(on_a.urls)) == 3
+
+
+def test_spread_placement_uses_both_workers(nodes):
+    with relay_ray.ActorPool("CartPole-v1", 4, num_cpus=1, resources={"worker": 1},
+                             placement="SPREAD") as pool:
+        where = [info["node_id"] for info in pool._infos]
+        assert sorted(where) == sorted([nodes.a, nodes.a, nodes.b, nodes.b])
+
+
+def test_actors_on_the_learners_node_use_shm(nodes):
+    with relay_ray.ActorPool("CartPole-v1", 2, num_cpus=0, resources={"head": 1}) as pool:
+        assert all(url.startswith("shm://relay-ray-") for url in pool.urls)
+        assert {info["node_id"] for info in pool._infos} == {nodes.head}
+        envs = pool.make_vec()
+        try:
+            obs, _ = envs.reset(seed=0)
+            assert obs.shape == (2, 4)
+        finally:
+            envs.close()
+
+
+def test_transport_can_be_forced(nodes):
+    with relay_ray.ActorPool("CartPole-v1", 1, num_cpus=0, resources={"head": 1},
+                             transport="tcp") as pool:
+        assert pool.urls[0].startswith("tcp://127.0.0.1:")
+    with pytest.raises(relay.ConfigError, match="not on this driver's node"):
+        relay_ray.ActorPool("CartPole-v1", 1, num_cpus=0, resources={"a": 1}, transport="shm")
+
+
+def test_urls_are_reachable_by_plain_relay(nodes):
+    with relay_ray.ActorPool("CartPole-v1", 2, num_cpus=0, resources={"worker": 1}) as pool:
+        for url in pool.urls:
+            env = relay.make(url)
+            try:
+                obs, _ = env.reset(seed=1)
+                want, _ = gym.make("CartPole-v1").reset(seed=1)
+                np.testing.assert_array_equal(obs, want)
+            finally:
+                env.close()
+
+
+@pytest.mark.slow
+def test_pool_of_four_steps_equal_to_local_envs(nodes):
+    """Two actors on the head (shm://), one on each worker (tcp://), one env each."""
+    with relay_ray.ActorPool("CartPole-v1", 4, num_cpus=1, placement="SPREAD") as pool:
+        schemes = sorted(relay.make_url(url).scheme for url in pool.urls)
+        assert "tcp" in schemes
+        remote = pool.make_vec()
+        local = SyncVectorEnv([lambda: gym.make("CartPole-v1") for _ in range(4)])
+        try:
+            obs_r, _ = remote.reset(seed=11)
+            obs_l, _ = local.reset(seed=11)
+            np.testing.assert_array_equal(obs_r, obs_l)
+            local.action_space.seed(3)
+            for _ in range(300):
+                actions = local.action_space.sample()
+                got, want = remote.step(actions), local.step(actions)
+                for g, w in zip(got[:4], want[:4], strict=True):
+                    np.testing.assert_array_equal(g, w)
+        finally:
+            remote.close()
+            local.close()
+
+
+def test_bad_arguments_are_config_errors(nodes):
+    with pytest.raises(relay.ConfigError, match="num_actors"):
+        relay_ray.ActorPool("CartPole-v1", 0)
+    with pytest.raises(relay.ConfigError, match="placement"):
+        relay_ray.ActorPool("CartPole-v1", 1, placement="EVERYWHERE")
+    with pytest.raises(relay.ConfigError, match="needs a name"):
+        relay_ray.ActorPool("CartPole-v1", 1, lifetime="detached")
+    with pytest.raises(relay.UnknownScheme):
+        relay_ray.ActorPool("CartPole-v1", 1, transport="tpc")
+    with pytest.raises(relay.ConfigError, match="NoSuchEnv"):
+        relay_ray.ActorPool("NoSuchEnv-v0", 1, num_cpus=0)
+
+
+def test_resources_the_cluster_lacks_time_out_with_their_names(nodes):
+    with pytest.raises(relay.Timeout, match="gpu_x"):
+        relay_ray.ActorPool("CartPole-v1", 1, num_cpus=0, resources={"gpu_x": 1},
+                            start_timeout=1.0)
+    with pytest.raises(relay.Timeout, match="gpu_x"):
+        relay_ray.ActorPool("CartPole-v1", 1, num_cpus=0, resources={"gpu_x": 1},
+                            placement="PACK", start_timeout=1.0)
+    assert not [a for a in ray.util.list_named_actors(all_namespaces=True)]
