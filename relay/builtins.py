@@ -21,3 +21,9 @@ def relay_register_codecs(register: Register) -> None:
     register("json", "relay.codecs.json:JsonCodec")
     register("gymie", "relay.compat.gymie:GymieProtocol", extra="websockets")
     register("dm_env_rpc", "relay.compat.dm_env_rpc:DmEnvRpcCodec", extra="dm-env-rpc")
+
+
+@hookimpl
+def relay_register_commands(register: Register) -> None:
+    for name in ("bench", "cleanup", "demo", "plugins", "run", "serve"):
+        register(name, f"relay.cli:{name}")

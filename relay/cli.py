@@ -23,8 +23,8 @@ def _fail(exc: RelayError) -> NoReturn:
 
 
 class _Commands(click.Group):
-    """relay's own subcommands, then those plugins register (``relay_register_commands``),
-    imported only when one runs."""
+    """relay's own subcommands and those plugins register (``relay_register_commands``:
+    a plugin's module is imported only when its command runs)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         from relay.core.plugins import commands
@@ -175,10 +175,9 @@ def plugins() -> None:
     click.echo("codecs:")
     for name, entry in sorted(registry.codecs().items()):
         click.echo(f"  {name:<14} {entry.target:<48} {entry.provider}")
-    if registry.commands():
-        click.echo("commands:")
-        for name, entry in sorted(registry.commands().items()):
-            click.echo(f"  {'relay ' + name:<14} {entry.target:<48} {entry.provider}")
+    click.echo("commands:")
+    for name, entry in sorted(registry.commands().items()):
+        click.echo(f"  {'relay ' + name:<14} {entry.target:<48} {entry.provider}")
     errors = registry.plugin_errors()
     if errors:
         click.echo("plugins that failed to load:")

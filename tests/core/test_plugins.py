@@ -156,3 +156,62 @@ def test_import_relay_loads_no_plugin() -> None:
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_plugin_command_runs_as_a_relay_subcommand_imported_only_then(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from relay.cli import main
+
+    _fake_distribution(tmp_path, "relay-hello", """
+        import relay
+
+        @relay.hookimpl
+        def relay_register_commands(register):
+            register("hello", "relay_hello_cmd:hello")
+            register("serve", "relay_hello_cmd:hello")  # relay's own command wins
+    """, monkeypatch)
+    (tmp_path / "relay_hello_cmd.py").write_text(textwrap.dedent("""
+        import click
+
+        @click.command()
+        @click.argument("who")
+        def hello(who):
+            '''Say hello.'''
+            click.echo(f"hello {who}")
+    """))
+    monkeypatch.delitem(sys.modules, "relay_hello_cmd", raising=False)
+    plugins._reset_for_tests()
+    runner = CliRunner()
+    listing = runner.invoke(main, ["--help"])
+    assert "hello" in listing.output and "Say hello." in listing.output
+    assert plugins.commands()["hello"].provider == "relay-hello"
+    result = runner.invoke(main, ["hello", "ray"])
+    assert result.exit_code == 0 and result.output == "hello ray\n"
+    assert plugins.commands()["serve"].provider == "relay-rl"  # taken: refused, and said so
+    assert "'serve'" in " ".join(plugins.plugin_errors().values())
+    served = runner.invoke(main, ["serve", "--help"])
+    assert "Serve ENV_ID" in served.output
+    assert "hello" in runner.invoke(main, ["plugins"]).output
+
+
+def test_a_missing_plugin_command_module_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from relay.cli import main
+
+    _fake_distribution(tmp_path, "relay-gone", """
+        import relay
+
+        @relay.hookimpl
+        def relay_register_commands(register):
+            register("gone", "relay_gone_nowhere:gone", extra="relay-gone")
+    """, monkeypatch)
+    plugins._reset_for_tests()
+    result = CliRunner().invoke(main, ["gone"])
+    assert result.exit_code != 0
+    assert "relay-gone" in result.output and "MissingDependency" in result.output

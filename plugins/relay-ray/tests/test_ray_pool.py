@@ -8,10 +8,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import ray
+import relay_ray
 from gymnasium.vector import SyncVectorEnv
 
 import relay
-import relay_ray
 
 
 def test_actors_land_where_their_resources_say(nodes):

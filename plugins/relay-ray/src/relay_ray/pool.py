@@ -23,7 +23,6 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 import relay
 from relay.core.plugins import get_transport
-
 from relay_ray.actor import EnvServer
 
 __all__ = ["PLACEMENTS", "ActorPool", "PoolNotFound", "lookup"]
@@ -89,6 +88,9 @@ class ActorPool:
         Timeout: the cluster did not give the resources within ``start_timeout``
             (the message names them).  Nothing is left running.
     """
+
+    _infos: list[dict[str, Any]]
+    _placement_group: Any
 
     def __init__(
         self,
@@ -183,8 +185,8 @@ class ActorPool:
         self._meta = meta
         self._client = {"token": token, "codec": codec}
         self._connect_options = dict(connect_options or {})
-        self._infos: list[dict[str, Any]] = []
-        self._placement_group: Any = None
+        self._infos = []
+        self._placement_group = None
         self._closed = False
 
     # -- what the learner uses ------------------------------------------------------------
@@ -323,7 +325,7 @@ def lookup(name: str, namespace: str | None = None, *, token: str | None = None,
         ray.init()
     try:
         first = ray.get_actor(f"{_NAME_PREFIX}{name}:0", namespace=namespace)
-        meta = ray.get(first.info.remote(), timeout=timeout)
+        meta: Any = ray.get(first.info.remote(), timeout=timeout)
     except ValueError:
         raise PoolNotFound(f"no relay-ray pool {name!r} in namespace {namespace!r}") from None
     except (RayActorError, GetTimeoutError) as exc:
