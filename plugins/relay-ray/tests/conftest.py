@@ -43,7 +43,7 @@ def nodes() -> Iterator[Nodes]:
         a = cluster.add_node(num_cpus=4, resources={"a": 8, "worker": 8})
         b = cluster.add_node(num_cpus=4, resources={"b": 8, "worker": 8})
         cluster.wait_for_nodes()
-        cluster.connect(namespace="relay-ray-tests")
+        ray.init(address=cluster.address, namespace="relay-ray-tests", log_to_driver=False)
         yield Nodes(cluster, head.node_id, a.node_id, b.node_id)
     finally:
         ray.shutdown()
