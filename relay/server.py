@@ -372,6 +372,12 @@ class ThreadedServer:
                 self._threads.add(thread)
             thread.start()
 
+    @property
+    def connections(self) -> int:
+        """How many clients are being served right now."""
+        with self._lock:
+            return len(self._threads)
+
     def _serve_one(self, serve: Callable[[], None]) -> None:
         try:
             serve()
@@ -525,8 +531,8 @@ def serve(
             WorkerPool.refuse(parsed.scheme)
         listener = get_transport(parsed.scheme).listen(parsed, resolved)
 
-        def run(shared: Listener) -> Callable[[], None]:
-            return Server(factory, shared, resolved, vectors).start().close
+        def run(shared: Listener) -> Server:
+            return Server(factory, shared, resolved, vectors).start()
 
         server = WorkerPool(listener, run, workers)
     else:

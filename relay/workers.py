@@ -5,7 +5,9 @@ that all accept on that one listening socket (the kernel hands each new
 connection to one waiting worker, as a pre-forking web server does).  Each
 worker is a full :class:`~relay.server.Server` in its own process with its
 own GIL: clients are spread over the workers and their envs step on every
-core.  The parent only watches: a worker that dies is replaced by a new
+core.  A worker accepts only while no other worker serves fewer clients
+(each publishes its count in memory shared by the pool), so clients are
+spread evenly.  The parent only watches: a worker that dies is replaced by a new
 fork of the same listener (its clients get ``ConnectionLost`` when their
 channel breaks), and SIGTERM (or :meth:`WorkerPool.close`) stops every
 worker gracefully (each closes its clients' envs) before the listener is
@@ -21,14 +23,17 @@ POSIX only (``os.fork``).
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
-from relay.core.errors import ConfigError
+import numpy as np
+
+from relay.core.errors import ConfigError, Timeout
 from relay.core.url import URL
 from relay.transports.base import Listener
 
@@ -43,15 +48,43 @@ WATCH_INTERVAL = 0.1
 STOP_TIMEOUT = 10.0
 """Seconds a worker gets to stop after SIGTERM before it is killed."""
 
+ACCEPT_SLICE = 0.05
+"""Seconds a worker waits for a client (or for its turn) before looking at the loads again."""
+
+
+class _Served(Protocol):
+    """What a worker runs: a started server."""
+
+    @property
+    def connections(self) -> int: ...
+
+    def close(self) -> None: ...
+
 
 class _Borrowed:
-    """A worker's view of the shared listener: closing it is the parent's job (a
-    worker's close would unlink the shm socket or shut the port for every worker)."""
+    """A worker's view of the shared listener.
 
-    def __init__(self, listener: Listener) -> None:
+    It accepts only while this worker serves no more clients than the
+    least loaded one (``loads``: every worker's count, shared memory).
+    Closing it is the parent's job (a worker's close would unlink the shm
+    socket or shut the port for every worker).
+    """
+
+    def __init__(self, listener: Listener, loads: np.ndarray, slot: int) -> None:
         self._listener = listener
+        self._loads = loads
+        self._slot = slot
         self.address = listener.address
-        self.accept = listener.accept
+        self.served: _Served | None = None
+
+    def accept(self, timeout: float | None = None) -> Any:
+        load = 0 if self.served is None else self.served.connections
+        self._loads[self._slot] = load
+        wait = ACCEPT_SLICE if timeout is None else min(timeout, ACCEPT_SLICE)
+        if load > int(self._loads.min()):  # a less busy worker takes the next client
+            time.sleep(wait)
+            raise Timeout("another worker's turn")
+        return self._listener.accept(wait)
 
     def close(self) -> None:
         pass
@@ -63,15 +96,15 @@ class WorkerPool:
 
     Args:
         listener: the open listener, shared by every worker.
-        serve: run in each worker: builds and starts that worker's server
-            and returns its ``close``.
+        serve: run in each worker: builds, starts and returns that worker's
+            server (its ``connections`` and ``close`` are used).
         workers: number of processes (>= 1).
 
     Raises:
         ConfigError: ``workers < 1`` or a transport that cannot be shared (see the module).
     """
 
-    def __init__(self, listener: Listener, serve: Callable[[Listener], Callable[[], None]],
+    def __init__(self, listener: Listener, serve: Callable[[Listener], _Served],
                  workers: int) -> None:
         if not isinstance(workers, int) or workers < 1:
             listener.close()
@@ -85,10 +118,12 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._pids: list[int] = []
+        self._shared = mmap.mmap(-1, 8 * workers)  # MAP_SHARED: the workers' loads
+        self._loads = np.frombuffer(self._shared, dtype=np.int64)
         self.replaced = 0
         """How many dead workers were replaced."""
-        for _ in range(workers):
-            self._pids.append(self._fork())
+        for slot in range(workers):
+            self._pids.append(self._fork(slot))
         self._watcher = threading.Thread(target=self._watch, name="relay-workers", daemon=True)
         self._watcher.start()
 
@@ -105,7 +140,8 @@ class WorkerPool:
         with self._lock:
             return list(self._pids)
 
-    def _fork(self) -> int:
+    def _fork(self, slot: int) -> int:
+        self._loads[slot] = 0
         pid = os.fork()
         if pid:
             return pid
@@ -114,12 +150,13 @@ class WorkerPool:
             stop = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent
-            close = self._serve(_Borrowed(self._listener))
+            borrowed = _Borrowed(self._listener, self._loads, slot)
+            served = borrowed.served = self._serve(borrowed)
             try:
                 while not stop.wait(0.5):
                     pass
             finally:
-                close()
+                served.close()
         except BaseException:
             code = 1
         finally:
@@ -134,7 +171,7 @@ class WorkerPool:
                     except ChildProcessError:
                         done = pid
                     if done and not self._stop.is_set():
-                        self._pids[slot] = self._fork()
+                        self._pids[slot] = self._fork(slot)
                         self.replaced += 1
 
     def serve_forever(self) -> None:
