@@ -99,6 +99,22 @@ def test_bench_prints_and_writes_the_rows_asked_for(tmp_path):
     assert "relay layers, no transport" in result.stdout
 
 
+def test_bench_batched_rows_give_env_steps_per_second(tmp_path):
+    result = run("bench", "--only", "batched CartPole x64 over shm", "--payloads", "S",
+                 "--steps", "30", "--out", str(tmp_path), timeout=120)
+    assert result.returncode == 0, result.stderr
+    (csv_file,) = tmp_path.glob("bench-*.csv")
+    with csv_file.open() as f:
+        rows = {row["case"]: row for row in csv.DictReader(f)}
+    local, served = (rows[f"batched CartPole x64 {kind}"]
+                     for kind in ("local make_vec", "over shm://"))
+    assert served["baseline"] == "batched CartPole x64 local make_vec"
+    for row in (local, served):  # 64 env steps per timed call
+        assert float(row["env_steps_per_s"]) == pytest.approx(64e6 / float(row["median_us"]))
+    assert float(rows["in-process"]["env_steps_per_s"]) == pytest.approx(
+        1e6 / float(rows["in-process"]["median_us"]))
+
+
 def test_bench_without_the_harness_says_how_to_get_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "relay_bench", None)  # as if not installed
     result = CliRunner().invoke(main, ["bench", "--steps", "10"])

@@ -302,13 +302,15 @@ class Case:
     group: str = "other"
     baseline: str | None = None
     """Name of the case this row is compared with (the raw library underneath)."""
+    batch: int = 1
+    """Env steps per timed call (a vector env's size), for the ``env-steps/s`` column."""
 
 
 CASES: dict[str, Case] = {}
 """Registered cases by name, in registration order."""
 
 CASE_MODULES: list[str] = [f"relay_bench.cases.{name}" for name in
-                           ("gymie", "ws", "dm_env_rpc", "shm", "grpc", "vector")]
+                           ("gymie", "ws", "dm_env_rpc", "shm", "grpc", "vector", "batched")]
 """Modules imported before a run so that their ``@bench_case`` functions register."""
 
 LISTEN_URLS: dict[str, str] = {
@@ -348,14 +350,15 @@ IN_PROCESS_SCHEMES = frozenset({"memory"})
 """Schemes whose server must run in the benchmark process itself."""
 
 
-def bench_case(name: str, *, group: str = "other", baseline: str | None = None
+def bench_case(name: str, *, group: str = "other", baseline: str | None = None, batch: int = 1
                ) -> Callable[[Callable[[Sequence[Payload], int], CaseResult]],
                              Callable[[Sequence[Payload], int], CaseResult]]:
-    """Register a generator ``fn(payloads, steps)`` as the row ``name``."""
+    """Register a generator ``fn(payloads, steps)`` as the row ``name`` (``batch``:
+    env steps per timed call)."""
 
     def register(fn: Callable[[Sequence[Payload], int], CaseResult]
                  ) -> Callable[[Sequence[Payload], int], CaseResult]:
-        CASES[name] = Case(name, fn, group=group, baseline=baseline)
+        CASES[name] = Case(name, fn, group=group, baseline=baseline, batch=batch)
         return fn
 
     return register
@@ -668,6 +671,8 @@ class Result:
     baseline: str | None = None
     vs_baseline: float | None = None
     vs_in_process: float | None = None
+    env_steps_per_s: float = 0.0
+    """Env steps per second: the case's batch over the median call."""
 
 
 def _all_cases(log: Callable[[str], None] = print) -> list[Case]:
@@ -727,9 +732,11 @@ def run(*, steps: int = 2000, only: Sequence[str] = (), payloads: Sequence[str] 
             timed = samples.get((case.name, payload.name))
             if timed:
                 us = np.asarray(timed) * 1e6
+                median = float(np.median(us))
                 results.append(Result(case.name, case.group, payload.name, len(us),
-                                      float(np.median(us)), float(np.percentile(us, 90)),
-                                      baseline=case.baseline))
+                                      median, float(np.percentile(us, 90)),
+                                      baseline=case.baseline,
+                                      env_steps_per_s=case.batch * 1e6 / median))
     medians = {(r.case, r.payload): r.median_us for r in results}
     for r in results:
         if r.baseline and (r.baseline, r.payload) in medians:
@@ -745,13 +752,14 @@ def _ratio(x: float | None) -> str:
 
 def _rows(results: Sequence[Result], payloads: Sequence[str]) -> tuple[list[str], list[list[str]]]:
     header = ["payload", "case", "median µs", "p90 µs", "x baseline", "x in-process",
-              "baseline"]
+              "env-steps/s", "baseline"]
     rows: list[list[str]] = []
     for p in payloads:
         for r in results:
             if r.payload == p:
                 rows.append([p, r.case, f"{r.median_us:,.1f}", f"{r.p90_us:,.1f}",
-                             _ratio(r.vs_baseline), _ratio(r.vs_in_process), r.baseline or ""])
+                             _ratio(r.vs_baseline), _ratio(r.vs_in_process),
+                             f"{r.env_steps_per_s:,.0f}", r.baseline or ""])
     return header, rows
 
 
@@ -772,10 +780,10 @@ def report(results: Sequence[Result], payloads: Sequence[str], out_dir: Path | N
     else:
         table = Table(title=title)
         for i, name in enumerate(header):
-            table.add_column(name, justify="right" if 2 <= i < 6 else "left")
+            table.add_column(name, justify="right" if 2 <= i < 7 else "left")
         for i, row in enumerate(rows):
             table.add_row(*row, end_section=i + 1 < len(rows) and rows[i + 1][0] != row[0])
-        Console(width=max(Console().width, 110)).print(table)
+        Console(width=max(Console().width, 120)).print(table)
     if out_dir is None:
         return None
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -839,8 +847,10 @@ def bench(*, steps: int, only: str, payloads: str, out: str, rounds: int = 1) ->
 
 def internal(command: str, arg: str) -> None:
     """Run a server process of a row: ``python -m relay_bench _serve-... ARG``."""
+    from relay_bench.cases.batched import serve_batch
+
     servers = {"_serve-relay": _serve_relay, "_serve-raw-zmq": _serve_raw_zmq,
-               "_serve-channel": _serve_channel}
+               "_serve-channel": _serve_channel, "_serve-batch": serve_batch}
     if command not in servers:
         raise SystemExit(f"unknown command {command}")
     try:
