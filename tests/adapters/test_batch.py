@@ -116,8 +116,7 @@ def test_send_recv_returns_the_fast_servers_envs_first(serve_tcp):
         envs.async_reset()
         got: list[int] = []
         while len(got) < 3:
-            obs, rewards, *_, info = envs.recv()
-            assert len(info["env_id"]) >= 2  # whole servers until batch_size is reached
+            obs, rewards, *_, info = envs.recv()  # whole servers, >= batch_size if in flight
             np.testing.assert_array_equal(rewards, 0.0)
             got += info["env_id"].tolist()
         assert sorted(got) == [0, 1, 2]
