@@ -261,6 +261,51 @@ def test_no_names_remain_once_connected() -> None:
         client.close(), server.close(), listener.close()
 
 
+def mapped_relay_objects() -> set[str]:
+    """Shared memory this process has mapped (/proc/self/maps): relay's segments
+    and semaphores (glibc maps a semaphore it creates under a temporary name)."""
+    found = set()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith("/dev/shm/"):
+                found.add(fields[5].strip().removesuffix(" (deleted)"))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/self/maps")
+@pytest.mark.parametrize("reader", ["server", "client"])
+def test_close_releases_grown_rings_and_the_socket_file(
+    reader: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rings grown both ways, and one grown ring the peer never read (its name still
+    linked): after close nothing of them is linked in /dev/shm, mapped in this
+    process, or left in the rendezvous directory."""
+    monkeypatch.setenv("RELAY_SHM_DIR", str(tmp_path))
+    before = mapped_relay_objects()
+    listener, client, server = pair("shm://0?segment_size=4096")
+    sockets = list(tmp_path.iterdir())
+    assert [p.name for p in sockets] == [f"relay-{os.getuid()}"]
+    assert [p.name for p in sockets[0].iterdir()] == [f"{listener.address.address}.sock"]
+    try:
+        client.send([b"c" * 100_000])  # grows client -> server
+        assert len(server.recv(5.0)[0]) == 100_000
+        server.send([b"s" * 100_000])  # grows server -> client
+        assert len(client.recv(5.0)[0]) == 100_000
+        writer = server if reader == "client" else client
+        writer.send([b"g" * 1_000_000])  # grows again; the reader never maps it
+        assert len(entries_of(os.getpid())) == 1  # that segment's name is still linked
+        mapped = mapped_relay_objects() - before
+        # the rings in use (one grown twice, one once, one still read), 2 semaphores
+        # (both ends of a channel share the mapping glibc keeps per name)
+        assert len([m for m in mapped if "/relay_" in m]) == 3 and len(mapped) == 3 + 2
+    finally:
+        client.close(), server.close(), listener.close()
+    assert entries_of(os.getpid()) == set()
+    assert mapped_relay_objects() <= before
+    assert list(sockets[0].iterdir()) == []
+
+
 ECHO = """
 import random
 import sys
