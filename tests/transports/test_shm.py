@@ -35,9 +35,12 @@ def relay_entries() -> set[str]:
     return {n for n in os.listdir("/dev/shm") if "relay_" in n}
 
 
+NOBODY = "shm://nobody-listens-here"
+
+
 class TestShm(TransportCompliance):
     url = "shm://0"
-    unreachable_url = "shm://nobody-listens-here"
+    unreachable_url = NOBODY
 
     def declare(self, address: URL, nbytes: int) -> ShmChannel:
         """A real client whose (sparse) ring of ``nbytes`` holds one record that
@@ -56,19 +59,21 @@ class TestShmSmallSegments(TransportCompliance):
     """Every message over 4 KiB grows the ring: exercises the grow path."""
 
     url = "shm://0?segment_size=4096"
-    unreachable_url = None
+    unreachable_url = f"{NOBODY}?segment_size=4096"
 
 
 class TestShmNoSpin(TransportCompliance):
     """The pure semaphore path (no spinning)."""
 
     url = "shm://0?spin=0"
+    unreachable_url = f"{NOBODY}?spin=0"
 
 
 class TestShmWithoutTimedWait(TransportCompliance):
     """The wait used where sem_timedwait is missing (macOS): trywait and sleep."""
 
     url = "shm://0?spin=0"
+    unreachable_url = f"{NOBODY}?spin=0"
 
     @pytest.fixture(autouse=True)
     def no_timed_wait(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,7 +87,7 @@ class TestShmWeakOrder(TransportCompliance):
     publication posted, every message fetched after a semaphore wait."""
 
     url = "shm://0?segment_size=4096"  # also the grow path, posted twice per grow
-    unreachable_url = None
+    unreachable_url = f"{NOBODY}?segment_size=4096"
 
     @pytest.fixture(autouse=True)
     def weak_order(self, monkeypatch: pytest.MonkeyPatch) -> None:
