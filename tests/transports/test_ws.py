@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import websockets.sync.client as ws_client
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -158,20 +159,27 @@ def test_wrong_path_is_404() -> None:
 
 class SlowEnv(gym.Wrapper):
     def step(self, action):
-        time.sleep(1.0)
+        time.sleep(1.5)
         return self.env.step(action)
 
 
 def test_long_step_survives_keepalive() -> None:
-    """Pings every 0.1 s with a 0.1 s timeout on both sides; a step takes 1 s."""
-    url = "ws://127.0.0.1:0/relay?ping_interval=0.1&ping_timeout=0.1"
+    """Pings every 0.1 s with a 0.5 s timeout on both sides (room for a loaded
+    machine's scheduling delays); a step takes 1.5 s.  The answers are right."""
+    url = "ws://127.0.0.1:0/relay?ping_interval=0.1&ping_timeout=0.5"
     with relay.serve(lambda env_id, **kw: SlowEnv(gym.make("CartPole-v1")), url) as server:
         env = relay.make(server.address)
+        local = gym.make("CartPole-v1")
         try:
-            env.reset(seed=0)
-            for _ in range(2):
-                env.step(0)
-            env.reset(seed=1)
+            assert np.array_equal(env.reset(seed=0)[0], local.reset(seed=0)[0])
+            for action in (0, 1):
+                start = time.monotonic()
+                obs, reward, terminated, truncated, _ = env.step(action)
+                assert time.monotonic() - start >= 1.5  # ~15 pings went by meanwhile
+                expected = local.step(action)
+                assert np.array_equal(obs, expected[0]) and obs.dtype == expected[0].dtype
+                assert (reward, terminated, truncated) == expected[1:4]
+            assert np.array_equal(env.reset(seed=1)[0], local.reset(seed=1)[0])
         finally:
             env.close()
 
