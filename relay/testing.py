@@ -1,7 +1,8 @@
 """The transport compliance suite every transport subclasses (plugins too), an
-environment for testing servers' error paths (:class:`FaultyEnv`), and the
+environment for testing servers' error paths (:class:`FaultyEnv`), the
 step-for-step comparison of a remote vector env with a local one
-(:func:`run_both`).
+(:func:`run_both`), and Gymnasium's env checker held to a local env's
+warnings (:func:`check_env_as_local`).
 
 Usage, in a transport's test module::
 
@@ -25,6 +26,7 @@ import contextlib
 import os
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,8 +41,8 @@ from relay.core.plugins import get_transport
 from relay.core.url import URL, make_url
 from relay.transports.base import HANDSHAKE_LIMIT, Channel, Listener
 
-__all__ = ["FaultyEnv", "TransportCompliance", "assert_same_infos", "faulty",
-           "make_certificate", "run_both"]
+__all__ = ["FaultyEnv", "TransportCompliance", "assert_same_infos", "check_env_as_local",
+           "faulty", "make_certificate", "run_both"]
 
 
 class FaultyEnv(gym.Env[np.ndarray, Any]):
@@ -161,6 +163,33 @@ def _open_files(count: int) -> Iterator[None]:
             os.close(fd)
         if soft != resource.getrlimit(resource.RLIMIT_NOFILE)[0]:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def check_env_as_local(env: gym.Env[Any, Any], local: gym.Env[Any, Any] | None,
+                       **kwargs: Any) -> None:
+    """Gymnasium's ``check_env`` on ``env`` (a remote env), failing on any warning
+    that ``local`` (the same env in this process, checked the same way) does not
+    give: the checker warns about some envs' own traits (CartPole's infinite
+    observation bounds), which are allowed; anything relay adds is not.
+    ``local=None`` allows no warning.  ``kwargs`` go to both ``check_env`` calls.
+
+    Raises:
+        AssertionError: ``env`` gave warnings ``local`` did not (listed), or
+            ``check_env`` failed.
+    """
+    extra = _checker_warnings(env, **kwargs)
+    if local is not None:
+        extra -= _checker_warnings(local, **kwargs)
+    assert not extra, f"check_env warned about the remote env only: {sorted(extra)}"
+
+
+def _checker_warnings(env: gym.Env[Any, Any], **kwargs: Any) -> set[str]:
+    from gymnasium.utils.env_checker import check_env
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env, **kwargs)
+    return {str(w.message) for w in caught}
 
 
 class TransportCompliance:

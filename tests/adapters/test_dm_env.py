@@ -7,7 +7,6 @@ from __future__ import annotations
 import collections
 import time
 import unittest
-import warnings
 
 import dm_env
 import gymnasium as gym
@@ -16,12 +15,13 @@ import pytest
 import tree
 from dm_env import specs as S
 from dm_env import test_utils
-from gymnasium.utils.env_checker import check_env
 
 import relay
+from relay.adapters.dm_env import serving_factory
 from relay.core.errors import UnknownScheme
 from relay.core.plugins import get_transport
 from relay.core.url import make_url
+from relay.testing import check_env_as_local
 
 bsuite = pytest.importorskip("bsuite")
 from bsuite.environments import catch  # noqa: E402
@@ -257,9 +257,7 @@ def test_nested_dm_env_driven_as_gymnasium(serve) -> None:
     server = serve(nested_factory)
     env = relay.make(server.address)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # float32/non-image warnings of the checker
-            check_env(env, skip_render_check=True)
+        check_env_as_local(env, serving_factory(nested_factory)(None), skip_render_check=True)
         obs, info = env.reset()
         assert obs in env.observation_space and info == {}
         outcomes = []
@@ -305,7 +303,7 @@ def test_catch_driven_as_gymnasium(serve) -> None:
     server = serve(catch_factory)
     env = relay.make(server.address)
     try:
-        check_env(env, skip_render_check=True)
+        check_env_as_local(env, serving_factory(catch_factory)(None), skip_render_check=True)
         assert env.action_space == gym.spaces.Discrete(3)
         obs, _ = env.reset(seed=1)
         local = catch.Catch(seed=1)
@@ -404,9 +402,8 @@ def test_dm_control_cartpole_both_ways() -> None:
         env = relay.make(server.address)
         try:
             assert set(env.observation_space.spaces) == {"position", "velocity"}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # float64 action space warnings
-                check_env(env, skip_render_check=True)
+            check_env_as_local(env, serving_factory(cartpole_factory)(None),
+                               skip_render_check=True)
         finally:
             env.close()
     finally:

@@ -14,6 +14,7 @@ from relay.adapters.inverted import EnvConnection
 from relay.core.errors import ConnectError, ConnectionLost, Timeout, UnknownScheme
 from relay.core.plugins import get_transport
 from relay.core.url import make_url
+from relay.testing import check_env_as_local
 
 URLS = [
     "memory://0",
@@ -52,12 +53,10 @@ class EnvProcess:
 
 
 def test_check_env(url: str) -> None:
-    from gymnasium.utils.env_checker import check_env
-
     process = EnvProcess()
     env = relay.listen_env(url, on_listen=process, connect_timeout=10)
     try:
-        check_env(env, skip_render_check=True)
+        check_env_as_local(env, gym.make("CartPole-v1").unwrapped, skip_render_check=True)
     finally:
         env.close()
     # the agent closed: connect_env returns normally

@@ -41,11 +41,11 @@ from dm_env_rpc.v1 import (
 from dm_env_rpc.v1 import dm_env_rpc_pb2 as pb
 from google.protobuf import any_pb2
 from google.rpc import code_pb2
-from gymnasium.utils.env_checker import check_env
 
 import relay
 from relay.core.errors import ConfigError
 from relay.server import gymnasium_factory
+from relay.testing import check_env_as_local
 from relay_bench import envs  # noqa: F401  (registers relay-bench/FixedObs-v0)
 from relay_bench.peers import dm_env_rpc_reference as reference
 
@@ -819,7 +819,8 @@ def test_relay_client_deadline_then_the_stream_is_still_usable(server):
 def test_check_env_over_dm_env_rpc(server):
     env = relay.make(str(server.address), "CartPole-v1")
     try:
-        check_env(env.unwrapped, skip_render_check=True)
+        check_env_as_local(env.unwrapped, gym.make("CartPole-v1").unwrapped,
+                           skip_render_check=True)
     finally:
         env.close()
 
@@ -917,7 +918,7 @@ def test_relay_gymnasium_client_drives_a_stock_server(catch_server):
                 done = terminated or truncated
             assert terminated and steps == 5 and reward in (-2.0, 2.0)  # reward_scale 2
             returns.append(reward)
-        check_env(env.unwrapped, skip_render_check=True)
+        check_env_as_local(env.unwrapped, None, skip_render_check=True)
     finally:
         env.close()
 

@@ -21,7 +21,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -36,6 +35,7 @@ from relay.compat.gymie import (
 )
 from relay.core.errors import ConnectionLost, InvalidAction, RemoteError
 from relay.server import EnvHost, gymnasium_factory
+from relay.testing import check_env_as_local
 
 SEED = 3
 ACTIONS = (0, 1, 1, 0)
@@ -508,7 +508,7 @@ def test_cli_serves_gymie(free_port: int) -> None:
 def test_client_passes_check_env_and_matches_local_episodes(server: relay.Server) -> None:
     env = relay.make(server.address, "CartPole-v1")
     try:
-        check_env(env, skip_render_check=True)
+        check_env_as_local(env, gym.make("CartPole-v1").unwrapped, skip_render_check=True)
         local = gym.make("CartPole-v1")
         for seed in (1, 2):
             obs, _ = env.reset(seed=seed)
@@ -654,7 +654,7 @@ def test_real_gymie_closes_like_relay(real_gymie: str, server: relay.Server) -> 
 def test_relay_client_drives_the_real_gymie_server(real_gymie: str, env_id: str) -> None:
     env = relay.make(real_gymie + "?codec=gymie", env_id)
     try:
-        check_env(env, skip_render_check=True)
+        check_env_as_local(env, gym.make("CartPole-v1").unwrapped, skip_render_check=True)
         assert env.action_space == gym.spaces.Discrete(2)
         first, _ = env.reset(seed=11)
         again, _ = env.reset(seed=11)

@@ -15,7 +15,6 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 from gymnasium.utils.env_match import check_environments_match
 
 import relay
@@ -23,7 +22,7 @@ from relay.core.config import Settings
 from relay.core.errors import ConfigError, ConnectError, ConnectionLost, Timeout, TransportError
 from relay.core.plugins import get_transport
 from relay.core.url import make_url
-from relay.testing import TransportCompliance
+from relay.testing import TransportCompliance, check_env_as_local
 from relay.transports import grpc as grpc_transport
 from relay.transports.grpc import pack, unpack
 
@@ -362,7 +361,7 @@ def cartpole_server():
 def test_check_env_over_grpc(cartpole_server) -> None:
     env = relay.make(cartpole_server.address)
     try:
-        check_env(env, skip_render_check=True)
+        check_env_as_local(env, gym.make("CartPole-v1").unwrapped, skip_render_check=True)
     finally:
         env.close()
 

@@ -17,7 +17,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import shm_peer
-from gymnasium.utils.env_checker import check_env
 from gymnasium.utils.env_match import check_environments_match
 
 import relay
@@ -25,7 +24,7 @@ from relay.core.config import Settings
 from relay.core.errors import ConnectionLost, InvalidURL, RemoteEnvError
 from relay.core.plugins import get_transport
 from relay.core.url import URL, make_url
-from relay.testing import TransportCompliance
+from relay.testing import TransportCompliance, check_env_as_local
 from relay.transports.shm import _TABLE, _W_SEQ, _W_ZERO, ShmChannel, socket_path, sweep_orphans
 
 pytestmark = pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm")
@@ -647,7 +646,7 @@ def test_check_env_passes_over_shm() -> None:
     with relay.serve("CartPole-v1", "shm://0") as server:
         env = relay.make(server.address)
         try:
-            check_env(env, skip_render_check=True)
+            check_env_as_local(env, gym.make("CartPole-v1").unwrapped, skip_render_check=True)
         finally:
             env.close()
 
