@@ -22,12 +22,15 @@ $(VENV)/.installed-test: pyproject.toml benchmarks/pyproject.toml $(wildcard plu
 demo: $(VENV)/.installed
 	$(BIN)/relay demo
 
-# The JavaScript client (clients/js) is installed and tested when node is present.
+# The JavaScript client (clients/js) is installed and tested when npm is present;
+# in CI ($$CI set; .ci/run installs node and npm) it must be.
 NPM := $(shell command -v npm 2>/dev/null)
 
 test: $(VENV)/.installed-test
 ifneq ($(NPM),)
 	cd clients/js && npm ci --no-audit --no-fund
+else ifneq ($(filter-out 0 false,$(CI)),)
+	$(error CI runs the JavaScript client's tests: install node and npm (apt-get install nodejs npm))
 endif
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 ifneq ($(NPM),)

@@ -11,6 +11,8 @@ import { ConnectError, InvalidAction, NDArray, NotReset, make } from "../src/ind
 const here = dirname(fileURLToPath(import.meta.url));
 const venvPython = resolve(here, "../../../.venv/bin/python");
 const PYTHON = process.env.RELAY_PYTHON ?? (existsSync(venvPython) ? venvPython : "python3");
+// per test, not `node --test --test-timeout` (Node >= 20.11): package.json allows Node 18
+const LIMIT = { timeout: 60_000 };
 
 /** Start `relay serve`; resolve with {url, process} once it prints its address. */
 function serve(args) {
@@ -41,13 +43,13 @@ before(async () => {
     serve(["CartPole-v1", "--url", "ws://127.0.0.1:0/relay"]),
     serve(["CartPole-v1", "--url", "ws://127.0.0.1:0/relay", "--token", "s3cret"]),
   ]);
-});
+}, LIMIT);
 
 after(() => {
   for (const s of [server, secured]) if (s) s.process.kill("SIGINT");
 });
 
-test("a full CartPole episode", async () => {
+test("a full CartPole episode", LIMIT, async () => {
   const env = await make(server.url, { envId: "CartPole-v1" });
   try {
     assert.equal(env.actionSpace.type, "Discrete");
@@ -81,7 +83,7 @@ test("a full CartPole episode", async () => {
   }
 });
 
-test("remote errors arrive as typed exceptions", async () => {
+test("remote errors arrive as typed exceptions", LIMIT, async () => {
   const env = await make(server.url);
   try {
     await assert.rejects(env.step(0), NotReset);
@@ -94,7 +96,7 @@ test("remote errors arrive as typed exceptions", async () => {
   }
 });
 
-test("the token travels in the Authorization header", async () => {
+test("the token travels in the Authorization header", LIMIT, async () => {
   await assert.rejects(make(secured.url), (err) => err instanceof ConnectError && /401/.test(err.message));
   const env = await make(secured.url, { token: "s3cret" });
   await env.reset({ seed: 0 });
