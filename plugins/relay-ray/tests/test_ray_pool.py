@@ -109,3 +109,33 @@ def test_resources_the_cluster_lacks_time_out_with_their_names(nodes):
         relay_ray.ActorPool("CartPole-v1", 1, num_cpus=0, resources={"gpu_x": 1},
                             placement="PACK", start_timeout=1.0)
     assert not [a for a in ray.util.list_named_actors(all_namespaces=True)]
+
+
+@pytest.mark.slow
+def test_batched_actors_step_equal_to_local_vector_envs(nodes):
+    """num_envs_per_actor=3: each actor hosts a CartPole vector instance; actor a
+    steps sub-envs 3a..3a+2 in one message."""
+    from relay.adapters.batch import RemoteBatchVectorEnv
+
+    with relay_ray.ActorPool("CartPole-v1", 2, 3, num_cpus=0,
+                             resources={"worker": 1}) as pool:
+        remote = pool.make_vec()
+        local = [gym.make_vec("CartPole-v1", num_envs=3, vectorization_mode="vector_entry_point")
+                 for _ in range(2)]
+        try:
+            assert isinstance(remote, RemoteBatchVectorEnv) and remote.num_envs == 6
+            obs, _ = remote.reset(seed=5)
+            np.testing.assert_array_equal(obs, np.concatenate(
+                [local[0].reset(seed=5)[0], local[1].reset(seed=8)[0]]))
+            rng = np.random.default_rng(0)
+            for _ in range(200):
+                actions = rng.integers(0, 2, size=6)
+                got = remote.step(actions)
+                parts = local[0].step(actions[:3]), local[1].step(actions[3:])
+                for k in range(4):
+                    np.testing.assert_array_equal(got[k], np.concatenate(
+                        [parts[0][k], parts[1][k]]))
+        finally:
+            remote.close()
+            for env in local:
+                env.close()

@@ -33,6 +33,9 @@ class EnvServer:
         shm_name: the ``shm://`` name to listen on too, or None.
         learner_node: the Ray node id of the pool's creator: ``shm://`` is
             served only there.
+        num_envs: host one vector instance of this many envs per client
+            (``relay.serve(..., num_envs=)``: one message steps them all), or
+            None (single envs).
         settings: :class:`relay.Settings` overrides of the servers (``token``, ...).
 
     Raises:
@@ -42,7 +45,8 @@ class EnvServer:
 
     def __init__(self, env: Any, *, meta: dict[str, Any], network: str,
                  listen_options: dict[str, str], shm_name: str | None,
-                 learner_node: str | None, settings: dict[str, Any]) -> None:
+                 learner_node: str | None, num_envs: int | None,
+                 settings: dict[str, Any]) -> None:
         import gymnasium as gym
         import ray
 
@@ -54,14 +58,15 @@ class EnvServer:
         self._node_id = ray.get_runtime_context().get_node_id()
         ip = ray.util.get_node_ip_address()
         host = f"[{ip}]" if ":" in ip else ip
-        self._servers: list[relay.Server] = []
+        self._servers: list[Any] = []
         try:
             listen = URL(network, f"{host}:0").with_options(**listen_options)
-            self._network = relay.serve(env, listen, **settings)
+            self._network = relay.serve(env, listen, num_envs=num_envs, **settings)
             self._servers.append(self._network)
             self._shm = None
             if shm_name is not None and self._node_id == learner_node:
-                self._shm = relay.serve(env, f"shm://{shm_name}", **settings)
+                self._shm = relay.serve(env, f"shm://{shm_name}", num_envs=num_envs,
+                                        **settings)
                 self._servers.append(self._shm)
         except BaseException:
             self.close()

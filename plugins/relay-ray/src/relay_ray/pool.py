@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 import ray
+from gymnasium.vector import VectorEnv
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -42,7 +43,6 @@ class ActorPool:
     """``num_actors`` Ray actors, each serving ``env`` with relay, and the URLs to reach them.
 
     The constructor returns once every actor serves (its :attr:`urls` answer).
-    Sub-environment ``i`` of :meth:`make_vec` lives on actor ``i % num_actors``.
 
     Args:
         env: a Gymnasium id (``"CartPole-v1"``, ``"ale_py:ALE/Pong-v5"``) or a
@@ -52,6 +52,12 @@ class ActorPool:
         num_actors: number of actors (>= 1).
         num_envs_per_actor: environments each actor hosts (>= 1): the default
             ``num_envs`` of :meth:`make_vec` is ``num_actors * num_envs_per_actor``.
+        batched: True: each actor serves one vector instance of
+            ``num_envs_per_actor`` envs (``relay.serve(..., num_envs=)``: one
+            message steps an actor's envs, contiguous blocks of sub-envs);
+            False: single envs (one request per sub-env, sub-env ``i`` on actor
+            ``i % num_actors``).  None (default): batched when
+            ``num_envs_per_actor > 1``.
         num_cpus, num_gpus, resources: Ray resources of each actor (``resources``:
             custom ones, e.g. ``{"zone_a": 1}``).
         placement: None (Ray's default scheduling) or a placement-group strategy
@@ -98,6 +104,7 @@ class ActorPool:
         num_actors: int,
         num_envs_per_actor: int = 1,
         *,
+        batched: bool | None = None,
         num_cpus: float = 1,
         num_gpus: float = 0,
         resources: Mapping[str, float] | None = None,
@@ -134,9 +141,11 @@ class ActorPool:
                   {"CPU": num_cpus, "GPU": num_gpus, **(resources or {})}.items() if value}
         pool_id = secrets.token_hex(4)
         here = ray.get_runtime_context().get_node_id()
+        if batched is None:
+            batched = num_envs_per_actor > 1
         meta = {"name": name, "namespace": namespace, "pool_id": pool_id,
                 "num_actors": num_actors, "num_envs_per_actor": num_envs_per_actor,
-                "transport": transport, "learner_node": here}
+                "batched": batched, "transport": transport, "learner_node": here}
         self._setup([], meta, token=token, codec=codec, connect_options=connect_options)
         try:
             if placement is not None:
@@ -167,7 +176,7 @@ class ActorPool:
                         listen_options=dict(listen_options or {}),
                         shm_name=(f"relay-ray-{pool_id}-{index}"
                                   if transport in ("auto", "shm") else None),
-                        learner_node=here,
+                        learner_node=here, num_envs=num_envs_per_actor if batched else None,
                         settings={"token": token, "codec": codec})
                 except ValueError as exc:  # a name taken
                     raise relay.ConfigError(f"cannot create actor {index} of pool {name!r}: "
@@ -252,13 +261,21 @@ class ActorPool:
         url = relay.make_url(info["network_url"])
         return str(url.with_options(**self._connect_options))
 
-    def make_vec(self, num_envs: int | None = None, **kwargs: Any) -> relay.RemoteVectorEnv:
-        """``relay.make_vec`` over the actors: sub-env ``i`` on actor ``i % num_actors``.
+    def make_vec(self, num_envs: int | None = None, **kwargs: Any) -> VectorEnv[Any, Any, Any]:
+        """``relay.make_vec`` over the actors.
 
-        A sub-env whose actor died raises ``ConnectionLost`` naming it (``env_index``)
-        at the next step; once Ray has restarted the actor (``max_restarts``),
-        ``reset`` (or a ``reset_mask`` reset of those sub-envs) reconnects to it
-        at its new URL (:meth:`url`).
+        Single-env actors give a :class:`relay.RemoteVectorEnv`: sub-env ``i``
+        on actor ``i % num_actors``.  A sub-env whose actor died raises
+        ``ConnectionLost`` naming it (``env_index``) at the next step; once
+        Ray has restarted the actor (``max_restarts``), ``reset`` (or a
+        ``reset_mask`` reset of those sub-envs) reconnects to it at its new
+        URL (:meth:`url`).
+
+        Batched actors give a :class:`relay.adapters.batch.RemoteBatchVectorEnv`:
+        actor ``a`` steps sub-envs ``a * n .. a * n + n - 1`` in one message
+        (``n`` its share of ``num_envs``).  A dead actor's block raises
+        ``ConnectionLost`` naming those sub-envs; after a restart, call
+        ``make_vec`` again.
 
         Args:
             num_envs: sub-environments (default ``num_actors * num_envs_per_actor``).
@@ -266,6 +283,8 @@ class ActorPool:
                 settings, env kwargs); the pool's ``token`` and ``codec`` by default.
         """
         settings = {key: value for key, value in self._client.items() if value is not None}
+        if self._meta.get("batched"):
+            return relay.make_vec(self.urls, num_envs=num_envs, **{**settings, **kwargs})
         return relay.make_vec(
             self.urls, num_envs=num_envs or self.num_actors * self.num_envs_per_actor,
             resolve_url=lambda i: self.url(i % self.num_actors), **{**settings, **kwargs})
@@ -338,8 +357,8 @@ def lookup(name: str, namespace: str | None = None, *, token: str | None = None,
         raise PoolNotFound(f"relay-ray pool {name!r} has lost actor {len(actors)}") from exc
     pool = ActorPool.__new__(ActorPool)
     pool._setup(actors, {key: meta[key] for key in (
-        "name", "namespace", "pool_id", "num_actors", "num_envs_per_actor", "transport",
-        "learner_node")}, token=token, codec=codec, connect_options=connect_options)
+        "name", "namespace", "pool_id", "num_actors", "num_envs_per_actor", "batched",
+        "transport", "learner_node")}, token=token, codec=codec, connect_options=connect_options)
     pool._infos = _wait(actors, timeout, {})
     pool._placement_group = ray.get(first.placement_group.remote(), timeout=timeout)
     return pool
