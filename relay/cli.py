@@ -60,14 +60,24 @@ def main() -> None:
               help="Host one vector instance of N envs per client (stepped by one message).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Serve from K processes behind the one URL (shm:// and tcp://).")
+@click.option("--allow-call", "allow_calls", multiple=True, metavar="NAME",
+              help="An env method or attribute clients may call or read (repeatable; "
+                   "get_action_meanings, np_random and np_random_seed always may).")
+@click.option("--allow-set", "allow_set", multiple=True, metavar="NAME",
+              help="An env attribute clients may write (repeatable; np_random always may).")
+@click.option("--allow-wrapper", "allow_wrappers", multiple=True, metavar="MODULE:CLASS",
+              help="A wrapper clients may have applied on the server (repeatable; "
+                   "gymnasium.wrappers always may, but RecordVideo and HumanRendering).")
 def serve(env_id: str | None, url: str, codec: str | None, token: str | None,
-          num_envs: int | None, workers: int | None) -> None:
+          num_envs: int | None, workers: int | None, allow_calls: tuple[str, ...],
+          allow_set: tuple[str, ...], allow_wrappers: tuple[str, ...]) -> None:
     """Serve ENV_ID (any registered Gymnasium id if omitted) until interrupted."""
     import relay
 
     try:
         server = relay.serve(env_id, url, codec=codec, token=token, num_envs=num_envs,
-                             workers=workers)
+                             workers=workers, allow_calls=allow_calls,
+                             allow_set=allow_set, allow_wrappers=allow_wrappers)
     except RelayError as exc:
         _fail(exc)
     click.echo(f"relay: serving {env_id or 'any env'} on {server.address}", err=True)

@@ -24,7 +24,6 @@ from relay.codecs.base import Codec
 from relay.codecs.json import JsonCodec
 from relay.core.config import Settings
 from relay.core.errors import (
-    REMOTE_ERRORS,
     CodecError,
     ConnectionLost,
     MessageTooLarge,
@@ -32,11 +31,12 @@ from relay.core.errors import (
     RelayError,
     RemoteError,
     Timeout,
+    remote_error_class,
 )
 from relay.core.messages import Envelope, Error, Request, Response
 from relay.core.plugins import codecs as registered_codecs
 from relay.core.plugins import get_codec, get_transport
-from relay.core.session import ClientSession, ServerSession, State
+from relay.core.session import CAPABILITIES, ClientSession, ServerSession, State
 from relay.core.url import URL
 from relay.transports.base import Channel
 
@@ -56,7 +56,7 @@ IDLE_POLL = 0.25
 
 def remote_error(message: Error) -> RemoteError:
     """The exception to raise for an ``Error`` answer (the one place they are unpacked)."""
-    cls = REMOTE_ERRORS.get(message.code, RemoteError)
+    cls = remote_error_class(message.code, message.remote_type)
     error = cls(message.message, remote_type=message.remote_type,
                 remote_traceback=message.traceback)
     if message.env_index is not None:  # a sub-env of a vector instance
@@ -266,7 +266,7 @@ def serve_channel(
     *,
     stop: threading.Event,
     on_close: Callable[[], None] | None = None,
-    capabilities: Collection[str] = ("render",),
+    capabilities: Collection[str] = CAPABILITIES,
 ) -> None:
     """Answer one client's requests with ``handler`` until it leaves or ``stop`` is set.
 

@@ -13,7 +13,7 @@ import itertools
 import logging
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Self, assert_never, cast
 
 import gymnasium as gym
@@ -21,11 +21,13 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space, iterate
 
+from relay.access import Access, apply_wrappers, serve_call
 from relay.batching import Hosted, SubEnvError, VectorFactory, vector_factory
 from relay.core import spaces
 from relay.core.config import Settings, resolve_settings
-from relay.core.errors import ConfigError, ConnectionLost, RelayError, Timeout
+from relay.core.errors import ConfigError, ConnectionLost, NotAllowed, RelayError, Timeout
 from relay.core.messages import (
+    Call,
     Close,
     Closed,
     Error,
@@ -47,6 +49,7 @@ from relay.core.messages import (
     TransitionBatch,
 )
 from relay.core.plugins import get_codec, get_transport
+from relay.core.session import CAPABILITIES
 from relay.core.url import URL, make_url
 from relay.transports.base import Listener
 
@@ -104,12 +107,16 @@ class EnvHost:
     Args:
         factory: makes the env of each ``Make`` (None: ``Make`` is refused).
         vectors: makes the vector instance of each ``MakeBatch`` (None: refused).
+        access: the calls, attribute writes and wrappers its client may ask for
+            besides the core requests (:mod:`relay.access`; default: the
+            built-in ones only).
     """
 
     def __init__(self, factory: EnvFactory | None,
-                 vectors: VectorFactory | None = None) -> None:
+                 vectors: VectorFactory | None = None, access: Access | None = None) -> None:
         self._factory = factory
         self._vector_factory = vectors
+        self._access = access or Access()
         self._envs: dict[int, gym.Env] = {}
         self._vectors: dict[int, _Vector] = {}
         self._needs_reset: set[int] = set()
@@ -128,7 +135,11 @@ class EnvHost:
                     if not _contains(env.action_space, action):
                         return Error(code="invalid_action",
                                      message=f"action {action!r} is not in {env.action_space}")
-                    obs, reward, terminated, truncated, info = env.step(action)
+                    result = env.step(action)
+                    if type(result) not in (tuple, list) or len(result) != 5 \
+                            or not isinstance(result[4], dict):
+                        raise _malformed("step", result, env)
+                    obs, reward, terminated, truncated, info = result
                     # values keep their exact types (a MiniGrid reward is an int)
                     return Transition(obs=obs, reward=reward, terminated=terminated,
                                       truncated=truncated, info=info)
@@ -147,9 +158,13 @@ class EnvHost:
                 case Make():
                     return self._make(request)
                 case Reset(instance=i, seed=seed, options=options):
-                    obs, info = self._env(i).reset(seed=seed, options=options)
+                    env = self._env(i)
+                    answer = env.reset(seed=seed, options=options)
+                    if type(answer) not in (tuple, list) or len(answer) != 2 \
+                            or not isinstance(answer[1], dict):
+                        raise _malformed("reset", answer, env)
                     self._needs_reset.discard(i)
-                    return Observation(obs=obs, info=info)
+                    return Observation(obs=answer[0], info=answer[1])
                 case ResetBatch(instance=i, seed=seed, options=options):
                     vector = self._vector(i)
                     obs, info = vector.env.reset(seed=seed, options=options)
@@ -161,6 +176,8 @@ class EnvHost:
                     if i in self._vectors:
                         return Frame(frame=self._vectors[i].env.render())
                     return Frame(frame=self._env(i).render())
+                case Call(instance=i):
+                    return serve_call(self._env(i), request, self._access)
                 case Close(instance=i):
                     closing = self._envs.pop(i, None)
                     self._needs_reset.discard(i)
@@ -174,6 +191,8 @@ class EnvHost:
                     assert_never(request)
         except _UnknownInstance as exc:
             return Error(code="not_reset", message=str(exc))
+        except NotAllowed as exc:
+            return Error(code=NotAllowed.code, message=str(exc))
         except ConfigError as exc:
             return _error("config", exc)
         except SubEnvError as exc:
@@ -188,6 +207,12 @@ class EnvHost:
                               "(relay.make_vec)")
         kwargs = dict(request.kwargs)
         env = self._factory(request.env_id, **kwargs)
+        if request.wrappers:
+            try:
+                env = apply_wrappers(env, request.wrappers, self._access)
+            except BaseException:
+                env.close()
+                raise
         instance = next(self._ids)
         self._envs[instance] = env
         self._needs_reset.add(instance)
@@ -315,6 +340,19 @@ class _UnknownInstance(LookupError):
     pass
 
 
+def _malformed(method: str, result: Any, env: gym.Env) -> ValueError:
+    """The error for an env whose ``reset``/``step`` returned the wrong shape of answer."""
+    want = ("(obs, info) with info a dict" if method == "reset"
+            else "(obs, reward, terminated, truncated, info) with info a dict")
+    if type(result) in (tuple, list):
+        kinds = ", ".join(type(v).__name__ for v in result)
+        got = f"a {type(result).__name__} of {len(result)} ({kinds})"
+    else:
+        got = f"a {type(result).__name__}"
+    return ValueError(f"the environment {env}'s {method}() returned {got}, not the tuple {want} "
+                      "of the Gymnasium API")
+
+
 def _plain_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     plain = {}
     for key, value in metadata.items():
@@ -428,11 +466,12 @@ class Server(ThreadedServer):
     """
 
     def __init__(self, factory: EnvFactory | None, listener: Listener, settings: Settings,
-                 vectors: VectorFactory | None = None) -> None:
+                 vectors: VectorFactory | None = None, access: Access | None = None) -> None:
         super().__init__()
         self._factory = factory
         self._vectors = vectors
-        self.capabilities = ("render", "batch") if vectors is not None else ("render",)
+        self._access = access
+        self.capabilities = CAPABILITIES + ("batch",) if vectors is not None else CAPABILITIES
         """What the ``Welcome`` announces: ``"batch"`` when it hosts vector instances."""
         self._listener = listener
         self.settings = settings
@@ -450,7 +489,7 @@ class Server(ThreadedServer):
         except RelayError:
             log.exception("accept failed")
             return None
-        host = EnvHost(self._factory, self._vectors)
+        host = EnvHost(self._factory, self._vectors, self._access)
         return lambda: serve_channel(channel, host.handle, self.settings, stop=self._stop,
                                      on_close=host.close, capabilities=self.capabilities)
 
@@ -465,6 +504,9 @@ def serve(
     num_envs: int | None = None,
     workers: int | None = None,
     block: bool = False,
+    allow_calls: Iterable[str] = (),
+    allow_set: Iterable[str] = (),
+    allow_wrappers: Iterable[str] = (),
     **settings: Any,
 ) -> Server | WorkerPool:
     """Serve an environment (or a batch of them) on ``url``.
@@ -492,6 +534,15 @@ def serve(
             :mod:`relay.workers`: ``shm://`` and ``tcp://`` only); None or 1:
             this process.
         block: serve until interrupted instead of returning at once.
+        allow_calls: names of env methods and attributes a client may call or
+            read (``RemoteEnv.call``, ``get_wrapper_attr``, a vector env's
+            ``call``/``get_attr``), besides ``get_action_meanings``,
+            ``np_random`` and ``np_random_seed``; see :mod:`relay.access`.
+        allow_set: names of env attributes a client may write (``set_attr``),
+            besides ``np_random``.
+        allow_wrappers: wrapper entry points (``"module:Class"``) a client may
+            have applied on the server (``relay.make(..., wrappers=[...])``),
+            besides those of ``gymnasium.wrappers``.
         **settings: overrides of :class:`~relay.core.config.Settings`.
 
     Returns:
@@ -505,6 +556,7 @@ def serve(
     """
     parsed = make_url(url)
     resolved = resolve_settings(parsed, **settings)
+    access = Access.of(allow_calls, allow_set, allow_wrappers)
     factory: EnvFactory | None
     vectors: VectorFactory | None = None
     if isinstance(env, gym.vector.VectorEnv):
@@ -532,12 +584,12 @@ def serve(
         listener = get_transport(parsed.scheme).listen(parsed, resolved)
 
         def run(shared: Listener) -> Server:
-            return Server(factory, shared, resolved, vectors).start()
+            return Server(factory, shared, resolved, vectors, access).start()
 
         server = WorkerPool(listener, run, workers)
     else:
         listener = get_transport(parsed.scheme).listen(parsed, resolved)
-        server = Server(factory, listener, resolved, vectors).start()
+        server = Server(factory, listener, resolved, vectors, access).start()
     if block:
         server.serve_forever()
     return server

@@ -4,19 +4,34 @@
 url=..., env_id=...)`` connect, create the environment on the server and
 mirror its spaces, metadata, render mode and spec.  ``reset``/``step``/
 ``render``/``close`` are one round trip each.
+
+Beyond the Gymnasium core, the env's own methods and attributes are reached
+through ``Call`` requests, for the names the server allows
+(:mod:`relay.access`): :meth:`RemoteEnv.call`, ``get_wrapper_attr``,
+``set_wrapper_attr``, and plain attribute access for names the env does not
+have locally (``env.unwrapped.get_action_meanings()``, as SB3's Atari
+wrappers call it).  ``np_random`` and ``np_random_seed`` are the server
+env's, read when asked.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
+import numpy as np
 
+from relay.access import rng_from_state, rng_state, wrapper_spec_dict
 from relay.connection import ClientConnection
 from relay.core import spaces
 from relay.core.config import resolve_settings
-from relay.core.errors import MissingDependency, RelayError
+from relay.core.errors import ConfigError, EnvClosed, MissingDependency, NotAllowed, RelayError
 from relay.core.messages import (
+    Call,
     Close,
     Frame,
     Made,
@@ -24,6 +39,7 @@ from relay.core.messages import (
     Observation,
     Render,
     Reset,
+    Returned,
     Step,
     Transition,
 )
@@ -45,6 +61,13 @@ class RemoteEnv(gym.Env):
         render_mode: passed to the server's env; ``"rgb_array"`` frames travel
             back.  ``"human"`` asks the server for ``rgb_array`` frames and shows
             them here in a pygame window after every reset and step.
+        wrappers: Gymnasium wrappers the server applies to its env, innermost
+            first: ``WrapperSpec``s (e.g. a local env's
+            ``spec.additional_wrappers``), ``gymnasium.Wrapper`` classes, or
+            ``{"entry_point": "module:Class", "kwargs": {...}}`` dicts.  For
+            wrappers that need the real env (``AtariPreprocessing`` reads
+            ``env.unwrapped.ale``); the server applies only those it allows
+            (:mod:`relay.access`).
         codec, timeout, connect_timeout, max_message_size, token, zero_copy:
             settings, see :class:`relay.core.config.Settings`.
         connection: an open connection to ``url`` to share (another env's
@@ -54,9 +77,19 @@ class RemoteEnv(gym.Env):
             thread.  None (default): a connection of its own.
         **env_kwargs: keyword arguments of the remote ``gymnasium.make``.
 
+    Attributes:
+        spec: how to make this env again: ``gymnasium.make(env.spec)`` or
+            ``gymnasium.make(env.spec.id)`` (an id registered in this process,
+            ``relay/<served id>.<hash>``) connect to the same server and env
+            with the same arguments (the token excepted: give it through
+            ``RELAY_TOKEN``); ``max_episode_steps``, ``reward_threshold`` and
+            ``nondeterministic`` are the served env's.
+        remote_spec: the served env's own ``EnvSpec``, or None.
+
     Raises:
         ConnectError, Timeout, RemoteError (e.g. unknown env id on the server),
-        UnknownScheme, InvalidURL.
+        NotAllowed (a wrapper the server does not allow), UnknownScheme,
+        InvalidURL, ConfigError (wrappers to a server that cannot apply them).
     """
 
     metadata: dict[str, Any] = {"render_modes": ["human", "rgb_array", "ansi",
@@ -68,6 +101,7 @@ class RemoteEnv(gym.Env):
         env_id: str | None = None,
         *,
         render_mode: str | None = None,
+        wrappers: Sequence[Any] = (),
         codec: str | None = None,
         timeout: float | None = None,
         connect_timeout: float | None = None,
@@ -78,16 +112,20 @@ class RemoteEnv(gym.Env):
         **env_kwargs: Any,
     ) -> None:
         self.url = make_url(url)
-        self.settings = resolve_settings(
-            self.url, codec=codec, timeout=timeout, connect_timeout=connect_timeout,
-            max_message_size=max_message_size, token=token, zero_copy=zero_copy,
-        )
-        # How to make this env again (check_env and EnvSpec.make use it);
-        # gymnasium.make replaces it with its own spec.
-        self.spec = gym.envs.registration.EnvSpec(
-            id=ENV_ID, entry_point=f"{__name__}:RemoteEnv",
-            kwargs={"url": str(self.url), "env_id": env_id, **env_kwargs},
-        )
+        given: dict[str, Any] = {
+            "codec": codec, "timeout": timeout, "connect_timeout": connect_timeout,
+            "max_message_size": max_message_size, "zero_copy": zero_copy}
+        self.settings = resolve_settings(self.url, token=token, **given)
+        wrapper_dicts = [wrapper_spec_dict(w) for w in wrappers]
+        # How to make this env again (check_env and gymnasium.make(spec) use it): every
+        # argument but the token and the connection
+        spec_kwargs: dict[str, Any] = {"url": str(self.url), "env_id": env_id,
+                       **{k: v for k, v in given.items() if v is not None}}
+        if render_mode is not None:
+            spec_kwargs["render_mode"] = render_mode
+        if wrapper_dicts:
+            spec_kwargs["wrappers"] = wrapper_dicts
+        spec_kwargs.update(env_kwargs)
         self._window: _Window | None = None
         if render_mode == "human":
             self._window = _Window()
@@ -98,9 +136,15 @@ class RemoteEnv(gym.Env):
         self.connection = (ClientConnection.open(self.url, self.settings)
                            if connection is None else connection)
         self._instance: int | None = None
+        self._rng: np.random.Generator | None = None  # the mirror of the server env's
+        self._rng_stale = True
+        self._local_seed: int | None = None
         try:
-            made = self.connection.call(Make(env_id=env_id, kwargs=env_kwargs),
-                                        timeout=max(self.settings.timeout, 60.0))
+            if wrapper_dicts:
+                self._require("wrappers", "server-side wrappers")
+            made = self.connection.call(
+                Make(env_id=env_id, kwargs=env_kwargs, wrappers=wrapper_dicts),
+                timeout=max(self.settings.timeout, 60.0))
         except BaseException:
             if self._owns_connection:
                 self.connection.close()
@@ -114,21 +158,46 @@ class RemoteEnv(gym.Env):
         self.remote_spec = (
             gym.envs.registration.EnvSpec.from_json(made.spec) if made.spec else None
         )
-        """The server-side env's ``EnvSpec`` (id, max_episode_steps...), or None."""
+        self._spec = _own_spec(spec_kwargs, self.remote_spec)
+
+    # -- spec ------------------------------------------------------------------------
+
+    @property  # type: ignore[override]
+    def spec(self) -> gym.envs.registration.EnvSpec:
+        return self._spec
+
+    @spec.setter
+    def spec(self, value: gym.envs.registration.EnvSpec | None) -> None:
+        # gymnasium.make sets its own spec (max_episode_steps=None): keep the served
+        # env's limits, and an id that makes this env again
+        if value is None:
+            return
+        own = self._spec
+        self._spec = replace(
+            value, id=own.id if value.id == ENV_ID else value.id,
+            max_episode_steps=(own.max_episode_steps if value.max_episode_steps is None
+                               else value.max_episode_steps),
+            reward_threshold=(own.reward_threshold if value.reward_threshold is None
+                              else value.reward_threshold),
+            nondeterministic=value.nondeterministic or own.nondeterministic)
 
     @property
     def instance(self) -> int:
         if self._instance is None:
-            raise RelayError("the remote environment is closed")
+            raise EnvClosed("the remote environment is closed")
         return self._instance
+
+    # -- the Gymnasium core ----------------------------------------------------------
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict[str, Any]]:
-        """Reset the remote env; ``seed`` also seeds this env's local ``np_random``."""
-        super().reset(seed=seed)
+        """Reset the remote env (``seed`` and ``options`` go to its ``reset``)."""
         answer = self.connection.call(Reset(instance=self.instance, seed=seed, options=options))
         assert isinstance(answer, Observation)
+        if seed is not None:
+            self._rng_stale = True
+            self._local_seed = seed
         if self._window is not None:
             self.render()
         return answer.obs, answer.info
@@ -173,8 +242,145 @@ class RemoteEnv(gym.Env):
                 self._window.close()
         super().close()
 
+    # -- the env's own methods and attributes ----------------------------------------
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the served env's method ``name`` on the server and return its result
+        (an attribute that is not callable is returned as is, as
+        ``SyncVectorEnv.call`` does).  Arguments and result travel through the
+        codec: value trees only.
+
+        Raises:
+            NotAllowed: the server does not allow ``name`` (its ``allow_calls``).
+            ConfigError: the server's protocol has no calls (a peer protocol).
+            RemoteEnvError: the env raised (an ``AttributeError`` for a missing name).
+            Timeout, ConnectionLost.
+        """
+        return self._call(name, "call", list(args), kwargs).value
+
+    def get_wrapper_attr(self, name: str) -> Any:
+        """The attribute ``name``: this object's own (spaces, ``spec``...), else the
+        served env's (a method comes back as a function that calls it remotely).
+
+        Raises:
+            AttributeError: neither has it, or the server does not allow reading it
+                (the message says which).
+        """
+        return getattr(self, name)
+
+    def set_wrapper_attr(self, name: str, value: Any, *, force: bool = True) -> bool:
+        """Set ``name`` here if this object has it (``np_random`` sets the server
+        env's), else on the served env (value trees only).
+
+        Raises:
+            NotAllowed: the server does not allow setting ``name`` (its ``allow_set``).
+        """
+        if hasattr(type(self), name) or name in self.__dict__:
+            setattr(self, name, value)
+            return True
+        self._call(name, "set", [value], {})
+        return True
+
+    def __getattr__(self, name: str) -> Any:
+        # only called for names this object does not have: ask the served env
+        if name.startswith("_") or self.__dict__.get("_instance") is None \
+                or not self._offers("call"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        try:
+            answer = self._call(name, "get", [], {})
+        except NotAllowed as exc:
+            raise AttributeError(f"{name!r}: {exc.remote_message}") from exc
+        if answer.callable:
+            return _RemoteMethod(self, name)
+        return answer.value
+
+    def _call(self, name: str, kind: str, args: list[Any], kwargs: dict[str, Any]) -> Returned:
+        self._require("call", "env method calls")
+        answer = self.connection.call(Call(instance=self.instance, name=name, kind=kind,
+                                           args=args, kwargs=kwargs))
+        assert isinstance(answer, Returned)
+        return answer
+
+    def _offers(self, capability: str) -> bool:
+        session = getattr(self.connection, "session", None)
+        return capability in getattr(session, "capabilities", ())
+
+    def _require(self, capability: str, what: str) -> None:
+        if not self._offers(capability):
+            raise ConfigError(f"the server at {self.url.render()} offers no {what} (its "
+                              f"protocol lacks the {capability!r} capability)")
+
+    # -- seeding: the server env's ---------------------------------------------------
+
+    @property
+    def np_random(self) -> np.random.Generator:
+        """The server env's generator: a copy in the state the server's had at the
+        first read after the last ``reset(seed=...)``; drawing from it advances the
+        copy only.  A server without calls (a peer protocol): a local generator
+        seeded by ``reset(seed=...)``.  Setting it sets the server env's."""
+        if self._rng is None or self._rng_stale:
+            if self._offers("call"):
+                self._rng = rng_from_state(self._call("np_random", "get", [], {}).value)
+            else:
+                self._rng, seed = gym.utils.seeding.np_random(self._local_seed)
+                self._local_seed = seed
+            self._rng_stale = False
+        return self._rng
+
+    @np_random.setter
+    def np_random(self, value: np.random.Generator) -> None:
+        if self._offers("call"):
+            self._call("np_random", "set", [rng_state(value)], {})
+        self._rng, self._rng_stale, self._local_seed = value, False, -1
+
+    @property
+    def np_random_seed(self) -> int:  # type: ignore[override]
+        """The server env's ``np_random_seed`` (read now), or the local one's."""
+        if self._offers("call"):
+            return int(self._call("np_random_seed", "get", [], {}).value)
+        self.np_random  # noqa: B018 (seeds the local generator if need be)
+        return -1 if self._local_seed is None else self._local_seed
+
+    # what check_env reads on env.unwrapped
+    _np_random = property(lambda self: self.np_random)  # type: ignore[assignment]
+    _np_random_seed = property(lambda self: self.np_random_seed)  # type: ignore[assignment]
+
     def __repr__(self) -> str:
         return f"<RemoteEnv {self.url.render()} instance={self._instance}>"
+
+
+class _RemoteMethod:
+    """A method of a served env: calling it is :meth:`RemoteEnv.call`."""
+
+    def __init__(self, env: RemoteEnv, name: str) -> None:
+        self._env = env
+        self.__name__ = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._env.call(self.__name__, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<remote method {self.__name__} of {self._env!r}>"
+
+
+def _own_spec(kwargs: dict[str, Any],
+              served: gym.envs.registration.EnvSpec | None) -> gym.envs.registration.EnvSpec:
+    """The spec of a RemoteEnv made with ``kwargs``, with the served env's limits;
+    its id is registered in this process (with these kwargs) so that
+    ``gymnasium.make(spec.id)`` works too."""
+    name = kwargs.get("env_id") or (served.id if served is not None else "Remote")
+    name = "".join(c if c.isalnum() or c in "_-.:" else "." for c in str(name))
+    text = json.dumps(kwargs, sort_keys=True, default=repr)
+    env_id = f"relay/{name}.{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    spec = gym.envs.registration.EnvSpec(
+        id=env_id, entry_point=f"{__name__}:RemoteEnv", kwargs=kwargs,
+        max_episode_steps=served.max_episode_steps if served is not None else None,
+        reward_threshold=served.reward_threshold if served is not None else None,
+        nondeterministic=served.nondeterministic if served is not None else False,
+    )
+    if env_id not in gym.registry:
+        gym.registry[env_id] = spec
+    return spec
 
 
 class _Window:

@@ -28,14 +28,22 @@ from typing import Any, TypeVar, cast
 import gymnasium as gym
 import numpy as np
 import numpy.typing as npt
-from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
+from gymnasium.spaces.utils import is_space_dtype_shape_equiv
+from gymnasium.vector.utils import (
+    batch_differing_spaces,
+    batch_space,
+    concatenate,
+    create_empty_array,
+    iterate,
+)
 from gymnasium.vector.vector_env import AutoresetMode, VectorEnv
 
 from relay.adapters.gymnasium import ENV_ID, RemoteEnv
 from relay.connection import ClientConnection
 from relay.core.config import resolve_settings
-from relay.core.errors import ConfigError, NotReset, RelayError
+from relay.core.errors import ConfigError, EnvClosed, NotReset, RelayError, SpaceMismatch
 from relay.core.messages import (
+    Call,
     Close,
     Frame,
     Observation,
@@ -43,6 +51,7 @@ from relay.core.messages import (
     Request,
     Reset,
     Response,
+    Returned,
     Step,
     Transition,
 )
@@ -90,6 +99,11 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
             (reset ended sub-envs with ``reset(options={"reset_mask": ...})``).
         copy: return a copy of the observation batch (else the same buffer,
             overwritten by the next step).
+        observation_mode: as :class:`~gymnasium.vector.SyncVectorEnv`'s:
+            ``"same"`` (default: equal sub-env observation spaces),
+            ``"different"`` (spaces of one shape and dtype, bounds may differ:
+            ``batch_differing_spaces``), or a tuple ``(observation_space,
+            single_observation_space)``.
         share_connections: True (default): the sub-envs on one URL share one
             connection, so one server thread steps them in turn with no
             thread wake-up in between (CartPole x4 over ``shm://``, median of
@@ -107,9 +121,11 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
         **env_kwargs: keyword arguments of each remote ``gymnasium.make``.
 
     Raises:
-        ConfigError: no URL, ``num_envs < 1``, ``render_mode="human"``, or an
-            unknown autoreset mode.
-        RelayError: the sub-environments' spaces differ.
+        ConfigError: no URL, ``num_envs < 1``, ``render_mode="human"``, an
+            unknown autoreset mode or observation mode (also a ValueError).
+        TypeError: an ``observation_mode`` tuple that does not hold two spaces.
+        SpaceMismatch: the sub-environments' spaces differ (also a RuntimeError,
+            as Gymnasium raises).
         ConnectError, Timeout, RemoteError, UnknownScheme, InvalidURL: as
             :class:`~relay.adapters.gymnasium.RemoteEnv`, for the first failing
             sub-environment (its index and URL in the message, ``env_index``
@@ -124,6 +140,7 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
         num_envs: int = 1,
         autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
         copy: bool = True,
+        observation_mode: str | tuple[gym.Space[Any], gym.Space[Any]] = "same",
         render_mode: str | None = None,
         share_connections: bool = True,
         resolve_url: Callable[[int], str | URL] | None = None,
@@ -143,6 +160,15 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
             raise ConfigError(
                 f"unknown autoreset_mode {autoreset_mode!r} (known: "
                 f"{', '.join(m.value for m in AutoresetMode)})") from None
+        if isinstance(observation_mode, tuple) and len(observation_mode) == 2:
+            if not all(isinstance(space, gym.Space) for space in observation_mode):
+                raise TypeError(f"Expected both elements of observation_mode to be Spaces, got "
+                                f"{type(observation_mode[0])} and {type(observation_mode[1])}")
+        elif observation_mode not in ("same", "different"):
+            raise ConfigError(f"Invalid `observation_mode`, expected: 'same' or 'different' or "
+                              f"tuple of single and batch observation space, actual got "
+                              f"{observation_mode!r}")
+        self.observation_mode = observation_mode
         self.num_envs = num_envs
         self.copy = copy
         self.urls = [urls[i % len(urls)] for i in range(num_envs)]
@@ -159,25 +185,25 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
                                                settings_and_env_kwargs,
                                                share=share_connections)
         """The sub-environments (each usable on its own, e.g. ``envs[0].render()``)."""
+        first = self.envs[0]
         try:
-            first = self.envs[0]
-            for i, env in enumerate(self.envs[1:], start=1):
-                for name in ("observation_space", "action_space"):
-                    if getattr(env, name) != getattr(first, name):
-                        raise RelayError(
-                            f"sub-environment {i} ({env.url.render()}) has the {name} "
-                            f"{getattr(env, name)}, sub-environment 0 "
-                            f"({first.url.render()}) has {getattr(first, name)}: the "
-                            "sub-environments of a vector env must have equal spaces")
+            if isinstance(observation_mode, tuple):
+                self.observation_space, self.single_observation_space = observation_mode
+            elif observation_mode == "same":
+                self.single_observation_space = first.observation_space
+                self.observation_space = batch_space(self.single_observation_space, num_envs)
+            else:
+                self.single_observation_space = first.observation_space
+                self.observation_space = batch_differing_spaces(
+                    [env.observation_space for env in self.envs])
+            _check_spaces(self.envs, self.single_observation_space, observation_mode)
         except BaseException:
             _close_all(self.envs)
             raise
         self.metadata = dict(first.metadata)
         self.metadata["autoreset_mode"] = self.autoreset_mode
         self.render_mode = first.render_mode
-        self.single_observation_space = first.observation_space
         self.single_action_space = first.action_space
-        self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
 
         self._env_obs: list[Any] = [None] * num_envs
@@ -220,7 +246,6 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
             seeds: list[int | None] = [None] * self.num_envs
         elif isinstance(seed, (int, np.integer)):
             seeds = [int(seed) + i for i in range(self.num_envs)]
-            super().reset(seed=int(seed))
         else:
             seeds = list(seed)
         if len(seeds) != self.num_envs:
@@ -402,6 +427,78 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
             raise error from error.__cause__
         return tuple(cast(Frame, answer).frame for answer in answers)
 
+    # -- the sub-envs' own methods and attributes -----------------------------------------
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """Each sub-env's ``name``: called with the arguments if it is a method, as is
+        otherwise (as :meth:`SyncVectorEnv.call <gymnasium.vector.SyncVectorEnv.call>`).
+
+        A name each :class:`~relay.adapters.gymnasium.RemoteEnv` has itself
+        (``observation_space``, ``spec``, ``render``, ``np_random``...) is
+        answered by it; any other is the served env's, asked of every server at
+        once (``Call`` requests, the names the servers allow, value trees only).
+
+        Raises:
+            NotAllowed: a server does not allow ``name`` (its ``allow_calls``).
+            RemoteEnvError, Timeout, ConnectionLost: as :meth:`step`.
+        """
+        if _is_local(self.envs[0], name):
+            results = []
+            for env in self.envs:
+                attribute = getattr(env, name)
+                results.append(attribute(*args, **kwargs) if callable(attribute) else attribute)
+            return tuple(results)
+        return self._call_remote(name, "call", [list(args)] * self.num_envs, kwargs)
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        """Each sub-env's attribute ``name``: :meth:`call` without arguments (as
+        Gymnasium's vector envs do)."""
+        return self.call(name)
+
+    def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
+        """Set ``name`` on every sub-env: ``values`` one per sub-env (a list or tuple
+        of ``num_envs``), or one value for all.  A name the sub-env objects have
+        is set on them (``np_random`` sets the served envs'), any other on the
+        served envs.
+
+        Raises:
+            ValueError: not ``num_envs`` values.
+            NotAllowed: a server does not allow setting ``name`` (its ``allow_set``).
+        """
+        if not isinstance(values, (list, tuple)):
+            values = [values for _ in range(self.num_envs)]
+        if len(values) != self.num_envs:
+            raise ValueError("Values must be a list or tuple with length equal to the number of "
+                             f"environments. Got `{len(values)}` values for {self.num_envs} "
+                             "environments.")
+        if _is_local(self.envs[0], name):
+            for env, value in zip(self.envs, values, strict=True):
+                env.set_wrapper_attr(name, value)
+            return
+        self._call_remote(name, "set", [[value] for value in values], {})
+
+    def _call_remote(self, name: str, kind: str, args: list[list[Any]],
+                     kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        for env in self.envs:
+            env._require("call", "env method calls")  # same package, same contract
+        answers, error = self._exchange(
+            [(i, Call(instance=env.instance, name=name, kind=kind, args=args[i],
+                      kwargs=kwargs)) for i, env in enumerate(self.envs)])
+        if error is not None:
+            raise error from error.__cause__
+        return tuple(cast(Returned, answer).value for answer in answers)
+
+    @property
+    def np_random_seed(self) -> tuple[int, ...]:  # type: ignore[override]
+        """Each sub-env's ``np_random_seed`` (the served envs', read now)."""
+        return self.get_attr("np_random_seed")
+
+    @property  # type: ignore[misc]
+    def np_random(self) -> tuple[np.random.Generator, ...]:  # type: ignore[override]
+        """Each sub-env's ``np_random``: copies of the served envs' generators (see
+        :attr:`RemoteEnv.np_random <relay.adapters.gymnasium.RemoteEnv.np_random>`)."""
+        return self.get_attr("np_random")
+
     def close_extras(self, **kwargs: Any) -> None:
         """Close every remote env and every connection, even if some fail.
 
@@ -429,7 +526,7 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
         kept the other answers.
         """
         if self.closed:
-            raise RelayError("the vector environment is closed")
+            raise EnvClosed("the vector environment is closed")
         sent: list[tuple[int, Any, Request]] = []
         for i, request in requests:
             connection = self.envs[i].connection
@@ -572,6 +669,37 @@ def prefixed(exc: RelayError, where: str, *, env_index: int | None,
     named.env_index = env_index  # type: ignore[attr-defined]
     named.__cause__ = exc
     return named
+
+
+def _is_local(env: RemoteEnv, name: str) -> bool:
+    """Whether ``name`` is an attribute of the RemoteEnv object itself (not the served env's)."""
+    return hasattr(type(env), name) or name in vars(env)
+
+
+def _check_spaces(envs: Sequence[RemoteEnv], single: gym.Space[Any],
+                  mode: str | tuple[gym.Space[Any], gym.Space[Any]]) -> None:
+    """The checks of SyncVectorEnv: equal observation spaces (``"same"``) or of one
+    shape and dtype (otherwise), equal action spaces.
+
+    Raises:
+        SpaceMismatch: naming the sub-env and its URL.
+    """
+    for i, env in enumerate(envs):
+        where = f"sub-environment {i} ({env.url.render()})"
+        if mode == "same" and env.observation_space != single:
+            raise SpaceMismatch(
+                f"{where} has the observation_space {env.observation_space}, the vector env "
+                f"{single} (observation_mode='same'; if this is intentional, use "
+                "observation_mode='different')")
+        if mode != "same" and not is_space_dtype_shape_equiv(env.observation_space, single):
+            raise SpaceMismatch(
+                f"{where} has the observation_space {env.observation_space}, of another shape "
+                f"or dtype than {single} (observation_mode={mode!r})")
+        if env.action_space != envs[0].action_space:
+            raise SpaceMismatch(
+                f"{where} has the action_space {env.action_space}, sub-environment 0 has "
+                f"{envs[0].action_space}: the sub-environments of a vector env must have "
+                "equal action spaces")
 
 
 def _check_reset_mask(mask: Any, num_envs: int) -> npt.NDArray[np.bool_]:

@@ -20,27 +20,45 @@ translated once, at the transport boundary, and kept as ``__cause__``::
     ├── ProtocolError                a message arrived that relay/1 does not allow
     │   ├── LocalProtocolError       this side tried an illegal move
     │   └── RemoteProtocolError      the peer made an illegal move
+    ├── EnvClosed                    the env was closed (also gymnasium's ClosedEnvironmentError)
+    ├── SpaceMismatch                sub-envs of a vector env differ (also RuntimeError)
     └── RemoteError                  the peer answered with an ``Error`` message
-        ├── RemoteEnvError           the environment itself raised
+        ├── RemoteEnvError           the environment itself raised (see below)
         ├── InvalidAction            the action is not in the action space
-        └── NotReset                 step before reset / after the episode ended
+        │                            (also ValueError, gymnasium.error.InvalidAction)
+        ├── NotReset                 step before reset / after the episode ended
+        │                            (also gymnasium.error.ResetNeeded)
+        └── NotAllowed               a call, attribute or wrapper the server does not allow
+
+An environment's own exception arrives as a ``RemoteEnvError``; when its type
+is a Python builtin exception or a ``gymnasium.error`` class, it is an
+instance of a subclass of both (``remote_error_class``), so ``except
+ValueError`` around ``reset(options=...)`` works as with a local env.  Types
+are looked up by name among those two sets only; nothing named by the peer is
+imported.
 """
 
 from __future__ import annotations
 
+import builtins
 import difflib
+import functools
 from collections.abc import Iterable
+
+import gymnasium.error as gym_error
 
 __all__ = [
     "CodecError",
     "ConfigError",
     "ConnectError",
     "ConnectionLost",
+    "EnvClosed",
     "InvalidAction",
     "InvalidURL",
     "LocalProtocolError",
     "MessageTooLarge",
     "MissingDependency",
+    "NotAllowed",
     "NotReset",
     "PluginError",
     "ProtocolError",
@@ -48,11 +66,13 @@ __all__ = [
     "RemoteEnvError",
     "RemoteError",
     "RemoteProtocolError",
+    "SpaceMismatch",
     "Timeout",
     "TransportError",
     "UnknownCodec",
     "UnknownScheme",
     "did_you_mean",
+    "remote_error_class",
 ]
 
 
@@ -165,6 +185,14 @@ class RemoteProtocolError(ProtocolError):
     """The peer made an illegal move (e.g. an answer to no request)."""
 
 
+class EnvClosed(RelayError, gym_error.ClosedEnvironmentError):
+    """The environment (or vector env) was closed; make a new one."""
+
+
+class SpaceMismatch(RelayError, RuntimeError):
+    """The sub-environments of a vector env have spaces that cannot be batched together."""
+
+
 class RemoteError(RelayError):
     """The peer answered a request with an ``Error`` message.
 
@@ -187,7 +215,7 @@ class RemoteError(RelayError):
         self.remote_traceback = remote_traceback
 
     def __str__(self) -> str:
-        text = super().__str__()
+        text = BaseException.__str__(self)  # not KeyError's repr in a KeyError subclass
         if self.remote_traceback:
             text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
         return text
@@ -199,19 +227,57 @@ class RemoteEnvError(RemoteError):
     code = "env"
 
 
-class InvalidAction(RemoteError, ValueError):
+class InvalidAction(RemoteError, ValueError, gym_error.InvalidAction):
     """The action sent is not in the environment's action space."""
 
     code = "invalid_action"
 
 
-class NotReset(RemoteError):
+class NotReset(RemoteError, gym_error.ResetNeeded):
     """``step`` was called before ``reset`` (or on an unknown instance)."""
 
     code = "not_reset"
 
 
+class NotAllowed(RemoteError):
+    """The server does not allow this call, attribute or wrapper; the message names
+    the server setting that would (``allow_calls``, ``allow_set``, ``allow_wrappers``)."""
+
+    code = "not_allowed"
+
+
 REMOTE_ERRORS: dict[str, type[RemoteError]] = {
-    cls.code: cls for cls in (RemoteError, RemoteEnvError, InvalidAction, NotReset)
+    cls.code: cls for cls in (RemoteError, RemoteEnvError, InvalidAction, NotReset, NotAllowed)
 }
 """relay/1 ``Error.code`` -> exception class raised on the client."""
+
+
+def remote_error_class(code: str, remote_type: str) -> type[RemoteError]:
+    """The class to raise for an ``Error`` of ``code`` whose remote exception type is
+    ``remote_type`` (``"builtins.ValueError"``, ``"gymnasium.error.ResetNeeded"``).
+
+    For code ``env`` and a builtin exception or ``gymnasium.error`` class: a
+    subclass of ``RemoteEnvError`` and that class (built once, cached).
+    Otherwise the class of the code (:data:`REMOTE_ERRORS`).
+    """
+    cls = REMOTE_ERRORS.get(code, RemoteError)
+    if cls is RemoteEnvError and remote_type:
+        return _standard_subclass(remote_type)
+    return cls
+
+
+@functools.lru_cache(maxsize=128)
+def _standard_subclass(remote_type: str) -> type[RemoteError]:
+    module, _, name = remote_type.rpartition(".")
+    namespace = {"builtins": builtins, "gymnasium.error": gym_error}.get(module)
+    standard = getattr(namespace, name, None) if namespace is not None else None
+    if not (isinstance(standard, type) and issubclass(standard, Exception)) \
+            or issubclass(standard, RelayError):
+        return RemoteEnvError
+    try:
+        cls = type(f"RemoteEnvError[{name}]", (RemoteEnvError, standard),
+                   {"__module__": __name__, "__doc__": f"A remote {remote_type}."})
+        cls("probe", remote_type=remote_type)  # e.g. UnicodeDecodeError needs 5 arguments
+    except TypeError:
+        return RemoteEnvError
+    return cls

@@ -24,6 +24,7 @@ __all__ = [
     "PROTOCOL",
     "Close",
     "Closed",
+    "Call",
     "Envelope",
     "Error",
     "Frame",
@@ -40,6 +41,7 @@ __all__ = [
     "Reset",
     "ResetBatch",
     "Response",
+    "Returned",
     "Step",
     "StepBatch",
     "Transition",
@@ -86,6 +88,10 @@ class Make:
     tag: ClassVar[str] = "make"
     env_id: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    wrappers: list[dict[str, Any]] = field(default_factory=list)
+    """Gymnasium wrappers for the server to apply, innermost first: each
+    ``{"name", "entry_point", "kwargs"}`` (a ``WrapperSpec``); the server
+    applies only those it allows."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -232,6 +238,35 @@ class Frame:
 
 
 @dataclass(slots=True, kw_only=True)
+class Call:
+    """Reach the env's own methods and attributes (only names the server allows).
+
+    ``kind``: ``"call"`` calls the method ``name`` with ``args``/``kwargs``
+    (an attribute that is not callable is returned as is, as Gymnasium's
+    ``SyncVectorEnv.call`` does); ``"get"`` reads the attribute (a method is
+    answered ``callable=True``, no value); ``"set"`` writes ``args[0]``.
+    ``index`` names a sub-environment of a vector instance (None: the instance).
+    """
+
+    tag: ClassVar[str] = "call"
+    instance: int
+    name: str
+    kind: str = "call"
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    index: int | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class Returned:
+    """Answer to ``Call``: the value (None for ``set``), or ``callable`` for a method read."""
+
+    tag: ClassVar[str] = "returned"
+    value: Any = None
+    callable: bool = False
+
+
+@dataclass(slots=True, kw_only=True)
 class Close:
     tag: ClassVar[str] = "close"
     instance: int
@@ -255,9 +290,9 @@ class Error:
     """The sub-environment of a vector instance that failed, when known."""
 
 
-Request = Make | Reset | Step | MakeBatch | ResetBatch | StepBatch | Render | Close
+Request = Make | Reset | Step | MakeBatch | ResetBatch | StepBatch | Render | Call | Close
 Response = (Made | Observation | Transition | MadeBatch | ObservationBatch | TransitionBatch
-            | Frame | Closed | Error)
+            | Frame | Returned | Closed | Error)
 Message = Hello | Welcome | Request | Response
 
 MESSAGE_TYPES: dict[str, type[Any]] = {
@@ -265,7 +300,7 @@ MESSAGE_TYPES: dict[str, type[Any]] = {
     for cls in (
         Hello, Welcome, Make, Made, Reset, Observation, Step, Transition,
         MakeBatch, MadeBatch, ResetBatch, ObservationBatch, StepBatch, TransitionBatch,
-        Render, Frame, Close, Closed, Error,
+        Render, Frame, Call, Returned, Close, Closed, Error,
     )
 }
 """Wire tag -> message class."""

@@ -35,6 +35,7 @@ from relay.core.errors import (
 )
 from relay.core.messages import (
     PROTOCOL,
+    Call,
     Close,
     Closed,
     Envelope,
@@ -52,6 +53,7 @@ from relay.core.messages import (
     Reset,
     ResetBatch,
     Response,
+    Returned,
     Step,
     StepBatch,
     Transition,
@@ -59,7 +61,8 @@ from relay.core.messages import (
     Welcome,
 )
 
-__all__ = ["ANSWERS", "CLIENT_TRANSITIONS", "ClientSession", "ServerSession", "State"]
+__all__ = ["ANSWERS", "CAPABILITIES", "CLIENT_TRANSITIONS", "ClientSession", "ServerSession",
+           "State"]
 
 
 class State(enum.Enum):
@@ -79,8 +82,14 @@ CLIENT_TRANSITIONS: dict[tuple[State, str], State] = {
 
 ANSWERS: dict[type, type] = {Make: Made, Reset: Observation, Step: Transition,
                              MakeBatch: MadeBatch, ResetBatch: ObservationBatch,
-                             StepBatch: TransitionBatch, Render: Frame, Close: Closed}
+                             StepBatch: TransitionBatch, Render: Frame, Call: Returned,
+                             Close: Closed}
 """Request type -> the response type that answers it (besides ``Error``)."""
+
+CAPABILITIES = ("render", "call", "wrappers")
+"""What every relay server offers beyond the core requests (``Welcome.capabilities``):
+``call``: the ``Call`` request; ``wrappers``: ``Make.wrappers``.  A server that
+hosts vector instances adds ``batch``."""
 
 
 def _major(protocol: str) -> str:
@@ -97,7 +106,7 @@ class ClientSession:
         self.codec: str | None = None
         self.server: str = ""
         self.capabilities: tuple[str, ...] = ()
-        """The server's optional features from its ``Welcome`` (``"render"``, ``"batch"``)."""
+        """The server's optional features from its ``Welcome`` (:data:`CAPABILITIES`)."""
         self._token = token
         self._role = role
         self._ids = itertools.count(1)
@@ -192,7 +201,7 @@ class ServerSession:
     """The environment host's side: handshake, then one answer per request id."""
 
     def __init__(self, codecs: Collection[str], *, token: str | None = None,
-                 server: str = "relay", capabilities: Collection[str] = ("render",)) -> None:
+                 server: str = "relay", capabilities: Collection[str] = CAPABILITIES) -> None:
         self.state = State.HANDSHAKING
         self.codecs = tuple(codecs)
         self.codec: str | None = None
@@ -240,10 +249,11 @@ class ServerSession:
         message = envelope.message
         match message:
             case Make() | Reset() | Step() | MakeBatch() | ResetBatch() | StepBatch() | \
-                    Render() | Close():
+                    Render() | Call() | Close():
                 pass
             case Hello() | Welcome() | Made() | Observation() | Transition() | MadeBatch() | \
-                    ObservationBatch() | TransitionBatch() | Frame() | Closed() | Error():
+                    ObservationBatch() | TransitionBatch() | Frame() | Returned() | Closed() | \
+                    Error():
                 raise RemoteProtocolError(f"{type(message).__name__} is not a request")
             case _:
                 assert_never(message)

@@ -10,7 +10,16 @@ from gymnasium.spaces import GraphInstance
 from relay.codecs.json import JsonCodec
 from relay.codecs.msgpack import MsgpackCodec
 from relay.core.errors import CodecError
-from relay.core.messages import Envelope, Hello, Observation, Step, Transition
+from relay.core.messages import (
+    Call,
+    Envelope,
+    Hello,
+    Make,
+    Observation,
+    Returned,
+    Step,
+    Transition,
+)
 
 CODECS = [MsgpackCodec(), JsonCodec()]
 
@@ -110,7 +119,13 @@ def test_messages_of_every_kind_round_trip():
     for codec in CODECS:
         for message in [Hello(codecs=("json", "msgpack")),
                         Transition(obs=np.ones(4, np.float32), reward=1.0, terminated=True,
-                                   truncated=False, info={"discount": 0.0})]:
+                                   truncated=False, info={"discount": 0.0}),
+                        Make(env_id="ALE/Pong-v5", wrappers=[
+                            {"name": "AtariPreprocessing", "kwargs": {"frame_skip": 1},
+                             "entry_point": "gymnasium.wrappers:AtariPreprocessing"}]),
+                        Call(instance=1, name="turn", args=[np.arange(3)], kwargs={"by": 2}),
+                        Call(instance=1, name="level", kind="set", args=[4], index=0),
+                        Returned(value=("a", np.int16(3))), Returned(callable=True)]:
             assert same(codec.decode(codec.encode(Envelope(0, message))).message.__repr__(),
                         message.__repr__())
 
