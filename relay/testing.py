@@ -41,8 +41,8 @@ from relay.core.plugins import get_transport
 from relay.core.url import URL, make_url
 from relay.transports.base import HANDSHAKE_LIMIT, Channel, Listener
 
-__all__ = ["FaultyEnv", "TransportCompliance", "assert_same_infos", "check_env_as_local",
-           "faulty", "make_certificate", "run_both"]
+__all__ = ["FaultyEnv", "ScaleReward", "TransportCompliance", "assert_same_infos",
+           "check_env_as_local", "faulty", "make_certificate", "run_both"]
 
 
 class FaultyEnv(gym.Env[np.ndarray, Any]):
@@ -68,6 +68,18 @@ class FaultyEnv(gym.Env[np.ndarray, Any]):
             time.sleep(1.0)
         self.count += 1
         return np.full(1, self.count, np.float32), 1.0, False, False, {"count": self.count}
+
+
+class ScaleReward(gym.RewardWrapper[np.ndarray, Any]):
+    """Multiplies the reward by ``scale``: a wrapper outside ``gymnasium.wrappers``, for
+    tests of the servers' ``allow_wrappers``."""
+
+    def __init__(self, env: gym.Env[np.ndarray, Any], scale: float) -> None:
+        super().__init__(env)
+        self.scale = scale
+
+    def reward(self, reward: Any) -> Any:
+        return reward * self.scale
 
 
 def faulty(env_id: str | None = None, **kwargs: Any) -> FaultyEnv:

@@ -119,8 +119,9 @@ class RemoteEnv(gym.Env):
         wrapper_dicts = [wrapper_spec_dict(w) for w in wrappers]
         # How to make this env again (check_env and gymnasium.make(spec) use it): every
         # argument but the token and the connection
-        spec_kwargs: dict[str, Any] = {"url": str(self.url), "env_id": env_id,
-                       **{k: v for k, v in given.items() if v is not None}}
+        spec_kwargs: dict[str, Any] = {
+            "url": str(self.url.with_options(token=None)), "env_id": env_id,
+            **{k: v for k, v in given.items() if v is not None}}
         if render_mode is not None:
             spec_kwargs["render_mode"] = render_mode
         if wrapper_dicts:
