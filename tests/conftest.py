@@ -46,3 +46,20 @@ def listen_url(request, tmp_path_factory) -> str:
 
         url = url.replace("{tmp}", tempfile.mkdtemp(prefix="relay-", dir="/tmp"))
     return url
+
+
+@pytest.fixture(params=["shm://0", "zmq+tcp://127.0.0.1:0"])
+def serve_shm_zmq(request):
+    """``start(env, **settings)`` serves on shm, then (second run) on zmq; closed after."""
+    import relay
+
+    servers = []
+
+    def start(env, **settings):
+        server = relay.serve(env, request.param, **settings)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()

@@ -14,8 +14,6 @@ from gymnasium.vector import SyncVectorEnv
 import relay
 from relay.testing import FaultyEnv
 
-URLS = ["shm://0", "zmq+tcp://127.0.0.1:0"]
-
 
 class Dial(FaultyEnv):
     """FaultyEnv with a method taking arguments, an attribute, and a method nobody allows."""
@@ -34,18 +32,9 @@ def dial(env_id=None, **kwargs):
     return Dial()
 
 
-@pytest.fixture(params=URLS)
-def serve(request):
-    servers = []
-
-    def start(env, **settings):
-        server = relay.serve(env, request.param, **settings)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.close()
+@pytest.fixture
+def serve(serve_shm_zmq):
+    return serve_shm_zmq
 
 
 def test_allowed_method_called_with_arguments_values_through_the_codec(serve):

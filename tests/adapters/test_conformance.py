@@ -12,21 +12,10 @@ from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv
 import relay
 from relay.testing import FaultyEnv
 
-URLS = ["shm://0", "zmq+tcp://127.0.0.1:0"]
 
-
-@pytest.fixture(params=URLS)
-def serve(request):
-    servers = []
-
-    def start(env, **settings):
-        server = relay.serve(env, request.param, **settings)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.close()
+@pytest.fixture
+def serve(serve_shm_zmq):
+    return serve_shm_zmq
 
 
 def factory(cls, *args):
