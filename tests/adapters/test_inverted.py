@@ -11,9 +11,7 @@ import pytest
 
 import relay
 from relay.adapters.inverted import EnvConnection
-from relay.core.errors import ConnectError, ConnectionLost, Timeout, UnknownScheme
-from relay.core.plugins import get_transport
-from relay.core.url import make_url
+from relay.core.errors import ConnectError, ConnectionLost, Timeout
 from relay.testing import check_env_as_local
 
 URLS = [
@@ -27,10 +25,6 @@ URLS = [
 
 @pytest.fixture(params=URLS)
 def url(request: pytest.FixtureRequest) -> str:
-    try:
-        get_transport(make_url(request.param).scheme)
-    except (UnknownScheme, ImportError) as exc:
-        pytest.skip(f"transport not available: {exc}")
     return request.param
 
 

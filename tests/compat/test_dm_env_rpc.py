@@ -426,10 +426,7 @@ def test_dm_control_cartpole_for_a_stock_client():
 
 
 def test_relay_dm_env_client_over_dm_env_rpc(dm_server):
-    make_dm_env = getattr(relay, "make_dm_env", None)
-    if make_dm_env is None:
-        pytest.skip("relay.make_dm_env is not there yet")
-    env = make_dm_env(dm_server.address, "catch/0")
+    env = relay.make_dm_env(dm_server.address, "catch/0")
     local = _bsuite(seed=4)
     try:
         assert env.action_spec() == local.action_spec()
@@ -938,10 +935,7 @@ def test_stock_server_settings_errors_are_remote_errors(catch_server):
 
 
 def test_relay_dm_env_client_drives_a_stock_server(catch_server):
-    make_dm_env = getattr(relay, "make_dm_env", None)
-    if make_dm_env is None:
-        pytest.skip("relay.make_dm_env is not there yet")
-    env = make_dm_env(catch_server, rows=5, columns=5)
+    env = relay.make_dm_env(catch_server, rows=5, columns=5)
     try:
         ts = env.reset()
         assert ts.first() and ts.reward is None and ts.discount is None
