@@ -12,6 +12,7 @@ from typing import Any, NoReturn, cast
 import click
 
 from relay.core.errors import RelayError, RemoteError
+from relay.core.url import mask_secrets
 
 
 def _fail(exc: RelayError) -> NoReturn:
@@ -119,7 +120,8 @@ def _run(url: str, env_id: str | None, episodes: int, seed: int | None,
         env.close()
     elapsed = time.perf_counter() - start
     click.echo(f"{steps} steps in {elapsed:.2f} s: {steps / elapsed:,.0f} steps/s "
-               f"({1e6 * elapsed / max(steps, 1):.0f} µs per step incl. reset) over {url}")
+               f"({1e6 * elapsed / max(steps, 1):.0f} µs per step incl. reset) over "
+               f"{mask_secrets(url)}")
 
 
 @main.command()

@@ -31,24 +31,26 @@ def test_demo_serves_in_a_background_process_and_drives_it():
 
 
 def test_serve_and_run_across_processes():
-    server = subprocess.Popen([*RELAY, "serve", "CartPole-v1", "--url", "zmq+tcp://127.0.0.1:0"],
-                              stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen([*RELAY, "serve", "CartPole-v1", "--url", "zmq+tcp://127.0.0.1:0",
+                               "--token", "s3cret"], stderr=subprocess.PIPE, text=True)
     try:
         line = server.stderr.readline()
         url = line.rsplit(" on ", 1)[1].strip()
         assert re.match(r"zmq\+tcp://127\.0\.0\.1:\d+$", url) and not url.endswith(":0")
-        result = run("run", url, "--episodes", "3", "--seed", "5")
+        result = run("run", f"{url}?token=s3cret", "--episodes", "3", "--seed", "5")
         assert result.returncode == 0, result.stderr
         assert "steps/s" in result.stdout
+        assert "s3cret" not in result.stdout + result.stderr
     finally:
         server.terminate()
         server.wait(10)
 
 
 def test_run_against_nobody_is_a_clear_error(free_port):
-    result = run("run", f"zmq+tcp://127.0.0.1:{free_port}?connect_timeout=1")
+    result = run("run", f"zmq+tcp://127.0.0.1:{free_port}?connect_timeout=1&token=s3cret")
     assert result.returncode != 0
     assert "ConnectError" in result.stderr and "Traceback" not in result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
 
 
 def test_unknown_scheme_suggests(free_port):

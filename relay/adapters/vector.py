@@ -55,7 +55,7 @@ from relay.core.messages import (
     Step,
     Transition,
 )
-from relay.core.url import URL, make_url
+from relay.core.url import URL, make_url, mask_secrets
 
 __all__ = ["RemoteVectorEnv", "make_vec"]
 
@@ -304,7 +304,8 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
                                           **kwargs))
                     for name in ("observation_space", "action_space"):
                         if getattr(made[-1], name) != getattr(self, f"single_{name}"):
-                            raise RelayError(f"the new server at {url} has the {name} "
+                            raise RelayError(f"the new server at {mask_secrets(str(url))} "
+                                             f"has the {name} "
                                              f"{getattr(made[-1], name)}, not "
                                              f"{getattr(self, f'single_{name}')}")
             except RelayError as exc:
@@ -641,8 +642,7 @@ def _indexed(exc: RelayError, index: int, url: str | URL) -> RelayError:
 
     The copy has an ``env_index`` attribute; raise it ``from exc``.
     """
-    where = url if isinstance(url, str) else url.render()
-    return prefixed(exc, f"sub-environment {index} ({where})", env_index=index)
+    return prefixed(exc, f"sub-environment {index} ({mask_secrets(str(url))})", env_index=index)
 
 
 def prefixed(exc: RelayError, where: str, *, env_index: int | None,

@@ -7,6 +7,7 @@ import logging
 import threading
 import traceback
 
+import numpy as np
 import pytest
 
 import relay
@@ -114,3 +115,22 @@ def test_listen_on_a_taken_address(listen_url, caplog):
         with pytest.raises(RelayError) as info:
             relay.serve("CartPole-v1", with_token(server.address))
         assert_hidden(info.value, caplog)
+
+
+def test_vector_env_errors_name_sub_envs_without_the_token(caplog):
+    from relay.adapters.vector import RemoteVectorEnv
+
+    server = relay.serve("CartPole-v1", "zmq+tcp://127.0.0.1:0", token=TOKEN)
+    address = with_token(server.address)
+    with pytest.raises(relay.InvalidAction, match="sub-environment 1") as info:
+        env = RemoteVectorEnv(address, num_envs=2)  # the URL as a string, as users give it
+        try:
+            env.reset(seed=0)
+            env.step(np.array([0, 7]))
+        finally:
+            env.close()
+    assert_hidden(info.value, caplog)
+    server.close()
+    with pytest.raises(RelayError, match="sub-environment 0") as info:
+        RemoteVectorEnv(address, num_envs=2, connect_timeout=1.0)
+    assert_hidden(info.value, caplog)
