@@ -144,22 +144,9 @@ TestCartPoleAsDmEnvGrpc = _mixin_case("TestCartPoleAsDmEnvGrpc", "grpc://127.0.0
 # -- cross-serving ------------------------------------------------------------------
 
 @pytest.fixture(params=URLS)
-def url(request) -> str:
+def listen_url(request) -> str:
+    """The transports of these tests (``serve`` of tests/adapters/conftest.py uses it)."""
     return request.param
-
-
-@pytest.fixture
-def serve(url):
-    servers = []
-
-    def start(env, **settings):
-        server = relay.serve(env, url, **settings)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.close()
 
 
 def run_dm_episodes(env, actions):
@@ -305,10 +292,10 @@ def test_catch_driven_as_gymnasium(serve) -> None:
         env.close()
 
 
-def test_bsuite_load_from_id_instance(url) -> None:
+def test_bsuite_load_from_id_instance(listen_url) -> None:
     """A dm_env *instance* (``bsuite.load_from_id``) serves one client at a time."""
     instance = bsuite.load_from_id("catch/0")
-    server = relay.serve(instance, url)
+    server = relay.serve(instance, listen_url)
     try:
         first = relay.make_dm_env(server.address)
         with pytest.raises(relay.RemoteError, match="in use"):
