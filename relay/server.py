@@ -320,12 +320,19 @@ def _contains(space: gym.Space[Any], action: Any) -> bool:
     gets such actions as they are (MountainCarContinuous clips
     ``np.array([2.0])`` itself; a float64 array is what most agents produce),
     so refusing them would make a remote env stricter than the local one.
-    Discrete has a fast path (its ``contains`` costs ~3 µs).
+    Discrete has a fast path (its ``contains`` costs ~3 µs), and so has an
+    int array for MultiDiscrete (a batch of Discrete actions: ``contains``
+    costs 3-4x the same test written as two array comparisons).
     """
     kind = type(space)  # exact types: a subclass keeps its own contains()
     if kind is gym.spaces.Discrete and type(action) in (int, np.int64, np.int32):
         discrete = cast(gym.spaces.Discrete, space)
         return bool(discrete.start <= action < discrete.start + discrete.n)
+    if (kind is gym.spaces.MultiDiscrete and type(action) is np.ndarray
+            and action.dtype.kind in "iu"):
+        multi = cast(gym.spaces.MultiDiscrete, space)
+        return action.shape == multi.shape and bool(
+            (action >= multi.start).all() and (action < multi.start + multi.nvec).all())
     if kind is gym.spaces.Box:
         try:
             array = action if type(action) is np.ndarray else np.asarray(action)

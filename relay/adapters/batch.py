@@ -282,9 +282,15 @@ class RemoteBatchVectorEnv(VectorEnv[Any, Any, Any]):
         """
         self._check_idle()
         parts = self._parts
-        if len(parts) == 1:
+        if len(parts) == 1:  # the hot path of one server: no lists
             part = parts[0]
-            answer = self._exchange([StepBatch(instance=part.instance, actions=actions)])[0]
+            connection = part.connection
+            try:
+                answer = connection.receive(connection.submit(
+                    StepBatch(instance=part.instance, actions=actions)))
+            except RelayError as exc:
+                error = part.error(exc)
+                raise error from exc
             assert isinstance(answer, TransitionBatch)
             part.obs = answer.obs
             return (self._out(answer.obs), answer.rewards, answer.terminations,
