@@ -431,10 +431,12 @@ def register_envs() -> None:
     """Register ``relay/Remote-v0`` with Gymnasium (idempotent).
 
     ``gymnasium.make`` gives a :class:`RemoteEnv`; ``gymnasium.make_vec``
-    (vectorization mode None or ``"vector_entry_point"``) gives a
+    (vectorization mode None or ``"vector_entry_point"``) gives what
+    :func:`relay.make_vec` gives: a :class:`relay.adapters.batch.RemoteBatchVectorEnv`
+    for servers that host batches, else a
     :class:`relay.adapters.vector.RemoteVectorEnv` (imported only then).
     """
     if ENV_ID not in gym.registry:
         gym.register(id=ENV_ID, entry_point="relay.adapters.gymnasium:RemoteEnv",
-                     vector_entry_point="relay.adapters.vector:RemoteVectorEnv",
+                     vector_entry_point="relay.adapters.vector:make_vec",
                      disable_env_checker=False)

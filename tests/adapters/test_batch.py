@@ -184,6 +184,40 @@ def test_scalar_servers_keep_one_instance_per_sub_env_and_mixing_is_refused(serv
     single.close()
 
 
+def test_gymnasium_make_vec_of_a_batch_server_steps_batches(serve_tcp):
+    server = serve_tcp("CartPole-v1", num_envs=8)
+    envs = gym.make_vec("relay/Remote-v0", num_envs=4, url=str(server.address))
+    local = gym.make_vec("CartPole-v1", num_envs=4)
+    try:
+        assert isinstance(envs, RemoteBatchVectorEnv) and envs.num_envs == 4
+        assert run_both(envs, local, steps=40, seed=4) >= 1
+    finally:
+        envs.close()
+        local.close()
+
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_zero_copy_observations_view_the_ring_unless_copied(copy):
+    server = relay.serve("CartPole-v1", "shm://0", num_envs=512)
+    envs = relay.make_vec(f"{server.address}?zero_copy=1", copy=copy)
+    local = gym.make_vec("CartPole-v1", num_envs=512)
+    try:
+        np.testing.assert_array_equal(envs.reset(seed=1)[0], local.reset(seed=1)[0])
+        actions = np.ones(512, np.int64)
+        obs = envs.step(actions)[0]
+        want = local.step(actions)[0]
+        np.testing.assert_array_equal(obs, want)
+        assert obs.flags.owndata is copy  # a view of the shared-memory ring, or a copy
+        envs.step(actions)
+        local.step(actions)
+        # the next receive reuses the ring: a view is overwritten, a copy stays
+        assert np.array_equal(obs, want) is copy
+    finally:
+        envs.close()
+        local.close()
+        server.close()
+
+
 def test_call_get_attr_set_attr_say_what_is_missing(serve_tcp):
     server = serve_tcp("CartPole-v1", num_envs=2)
     remote = relay.make_vec(server.address)
