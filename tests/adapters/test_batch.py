@@ -50,6 +50,20 @@ def test_every_autoreset_mode_equals_local_sync_vector_env(serve, mode):
         local.close()
 
 
+def test_json_codec_carries_same_step_infos_exactly(serve_tcp):
+    server = serve_tcp("CartPole-v1", num_envs=3)
+    remote = relay.make_vec(server.address, codec="json", vectorization_mode="sync",
+                            autoreset_mode=AutoresetMode.SAME_STEP)
+    local = gym.make_vec("CartPole-v1", num_envs=3, vectorization_mode="sync",
+                         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP})
+    try:
+        assert remote._parts[0].connection.codec.name == "json"
+        assert run_both(remote, local, steps=60, seed=8) >= 3  # final_obs as $objects
+    finally:
+        remote.close()
+        local.close()
+
+
 def test_two_servers_are_one_vector_env_equal_to_one_local(serve_tcp):
     """Blocks of 3 on each server; seed s gives the second block s + 3, as a local
     SyncVectorEnv of 6 seeds its envs s..s+5; infos merge as Gymnasium merges them."""
