@@ -334,8 +334,9 @@ class RemoteBatchVectorEnv(VectorEnv[Any, Any, Any]):
             todo.append((part, order))
         if len(ids) != sum(p.num_envs for p, _ in todo):
             raise ValueError(f"env_ids must be indices 0..{self.num_envs - 1}, each once")
+        whole = len(todo) == 1 and np.array_equal(ids, np.arange(self.num_envs))
         for part, order in todo:
-            block = _take(actions, order, None) if len(todo) > 1 or order[0] != 0 else actions
+            block = actions if whole else _take(actions, order, None)
             self._start(part, StepBatch(instance=part.instance, actions=block))
 
     def async_reset(self) -> None:

@@ -124,30 +124,31 @@ def test_sub_env_errors_name_the_global_index(serve_tcp):
 
 
 def test_send_recv_returns_the_fast_servers_envs_first(serve_tcp):
-    slow, fast = serve_tcp(faulty, num_envs=1), serve_tcp(faulty, num_envs=2)
+    slow, fast = serve_tcp(faulty, num_envs=1), serve_tcp(faulty, num_envs=3)
     envs = relay.make_vec([slow.address, fast.address], batch_size=2)
     try:
         envs.async_reset()
         got: list[int] = []
-        while len(got) < 3:
+        while len(got) < 4:
             obs, rewards, *_, info = envs.recv()  # whole servers, >= batch_size if in flight
             np.testing.assert_array_equal(rewards, 0.0)
             got += info["env_id"].tolist()
-        assert sorted(got) == [0, 1, 2]
+        assert sorted(got) == [0, 1, 2, 3]
         start = time.monotonic()
-        envs.send(np.array([2, 0, 0]))  # action 2: the slow server's env sleeps 1 s
+        envs.send(np.array([2, 0, 0, 0]))  # action 2: the slow server's env sleeps 1 s
         obs, rewards, term, trunc, info = envs.recv()
         assert time.monotonic() - start < 0.8
-        np.testing.assert_array_equal(info["env_id"], [1, 2])
+        np.testing.assert_array_equal(info["env_id"], [1, 2, 3])
         assert info["env_id"].dtype == np.int32
-        np.testing.assert_array_equal(obs[:, 0], [1, 1])
-        np.testing.assert_array_equal(rewards, [1.0, 1.0])
-        envs.send(np.array([0, 0]), env_ids=np.array([2, 1]))  # again, while slow steps
-        np.testing.assert_array_equal(envs.recv()[4]["env_id"], [1, 2])
+        np.testing.assert_array_equal(obs[:, 0], [1, 1, 1])
+        np.testing.assert_array_equal(rewards, [1.0, 1.0, 1.0])
+        envs.send(np.array([0, 1, 0]), env_ids=np.array([1, 3, 2]))  # while slow steps
+        with pytest.raises(relay.RemoteEnvError, match="sub-environment 3 .*divided by zero"):
+            envs.recv()  # actions[j] went to env_ids[j]: env 3 got the failing action 1
         with pytest.raises(ValueError, match="whole servers"):
             envs.send(np.array([0]), env_ids=[1])
         with pytest.raises(ValueError, match="in flight"):
-            envs.step(np.array([0, 0, 0]))
+            envs.step(np.array([0, 0, 0, 0]))
         obs, *_, info = envs.recv()  # the slow one, at last
         np.testing.assert_array_equal(info["env_id"], [0])
         np.testing.assert_array_equal(obs[:, 0], [1])
@@ -272,6 +273,34 @@ def test_cli_serves_a_batch(tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+@pytest.mark.slow
+def test_envpool_pong_frames_served_bit_for_bit():
+    envpool = pytest.importorskip("envpool")
+
+    def make(env_id, **kwargs):
+        return envpool.make_gymnasium("Pong-v5", num_envs=2, seed=3)
+
+    server = relay.serve(make, "shm://0", num_envs=2)
+    remote = relay.make_vec(server.address)
+    local = envpool.make_gymnasium("Pong-v5", num_envs=2, seed=3)
+    try:
+        got, want = remote.reset(), local.reset()
+        assert got[0].shape == (2, 4, 84, 84) and got[0].dtype == np.uint8
+        np.testing.assert_array_equal(got[0], want[0])
+        rng = np.random.default_rng(1)
+        for _ in range(30):
+            actions = rng.integers(0, 6, 2)
+            got, want = remote.step(actions), local.step(actions)
+            for g, w in zip(got[:4], want[:4], strict=True):
+                np.testing.assert_array_equal(g, w)
+                assert g.dtype == w.dtype
+            np.testing.assert_array_equal(got[4]["lives"], want[4]["lives"])
+    finally:
+        remote.close()
+        local.close()
+        server.close()
 
 
 @pytest.mark.slow
