@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import select
 import signal
 import socket
@@ -19,10 +20,17 @@ import zmq
 
 import relay
 from relay.core.config import Settings
-from relay.core.errors import ConnectError, ConnectionLost, InvalidURL, Timeout, TransportError
+from relay.core.errors import (
+    ConnectError,
+    ConnectionLost,
+    InvalidURL,
+    MessageTooLarge,
+    Timeout,
+    TransportError,
+)
 from relay.core.url import make_url
 from relay.testing import TransportCompliance
-from relay.transports.zmq import RENDEZVOUS_MAX_BYTES, ZmqTransport
+from relay.transports.zmq import MAGIC, ZmqTransport, context
 
 
 class TestZmqTcp(TransportCompliance):
@@ -164,25 +172,33 @@ def test_frozen_server_is_a_timeout_within_the_deadline(server_process):
         proc.send_signal(signal.SIGCONT)
 
 
-def test_client_death_closes_its_envs():
-    closed = threading.Event()
+@pytest.mark.parametrize("kind", ["tcp", "ipc"])
+def test_client_death_closes_its_envs_and_others_are_served(kind, tmp_path):
+    closed: dict[str, threading.Event] = {"dead": threading.Event(), "alive": threading.Event()}
 
     class Watched(gym.Wrapper):
+        def __init__(self, tag):
+            super().__init__(gym.make("CartPole-v1"))
+            self.tag = tag
+
         def close(self):
-            closed.set()
+            closed[self.tag].set()
             super().close()
 
-    def factory(env_id, **kwargs):
-        return Watched(gym.make("CartPole-v1"))
+    def factory(env_id, tag="alive"):
+        return Watched(tag)
 
     client = (
         "import sys, time, relay\n"
-        "env = relay.make(sys.argv[1])\n"
+        "env = relay.make(sys.argv[1], tag='dead')\n"
         "env.reset(seed=0)\n"
         "print('ready', flush=True)\n"
         "time.sleep(60)\n"
     )
-    with relay.serve(factory, "zmq+tcp://127.0.0.1:0") as server:
+    url = "zmq+tcp://127.0.0.1:0" if kind == "tcp" else f"zmq+ipc://{tmp_path}/relay.sock"
+    with relay.serve(factory, url) as server:
+        survivor = relay.make(server.address)
+        survivor.reset(seed=1)
         proc = subprocess.Popen([sys.executable, "-c", client, str(server.address)],
                                 stdout=subprocess.PIPE, text=True)
         try:
@@ -190,8 +206,11 @@ def test_client_death_closes_its_envs():
             assert proc.stdout.readline().strip() == "ready"
             proc.kill()
             proc.wait(10)
-            assert closed.wait(5.0), "the dead client's env was not closed"
+            assert closed["dead"].wait(5.0), "the dead client's env was not closed"
+            assert survivor.step(0)[0].shape == (4,)  # the other client is still served
+            assert not closed["alive"].is_set()
         finally:
+            survivor.close()
             proc.kill()
             proc.wait(10)
             proc.stdout.close()
@@ -220,18 +239,18 @@ def test_garbage_bytes_on_the_server_port():
         _assert_serves(server.address)
 
 
-def test_bad_zmq_messages_on_the_rendezvous():
+def test_bad_hellos_are_ignored():
     with relay.serve("CartPole-v1", "zmq+tcp://127.0.0.1:0") as server:
         ctx = zmq.Context()
         try:
             endpoint = f"tcp://127.0.0.1:{server.address.port}"
-            for message in ([b"garbage"], [b"relay-zmq/1", b"extra"], [b""],
-                            [b"x" * (RENDEZVOUS_MAX_BYTES + 1)]):
+            for message in ([b"garbage"], [MAGIC], [MAGIC, b"short"], [b"relay-zmq/1"], [b""],
+                            [MAGIC, bytes(8), b"extra"]):
                 sock = ctx.socket(zmq.DEALER)
                 sock.linger = 0
                 sock.connect(endpoint)
                 sock.send_multipart(message)
-                assert not sock.poll(200), "the rendezvous answered a bad hello"
+                assert not sock.poll(200), "the server answered a bad hello"
                 sock.close()
             _assert_serves(server.address)
         finally:
@@ -239,19 +258,35 @@ def test_bad_zmq_messages_on_the_rendezvous():
 
 
 @pytest.mark.parametrize("kind", ["tcp", "ipc"])
-def test_oversized_frame_drops_only_that_connection(kind, tmp_path):
+def test_over_the_servers_limit(kind, tmp_path):
     url = "zmq+tcp://127.0.0.1:0" if kind == "tcp" else f"zmq+ipc://{tmp_path}/relay.sock"
     limit = 1 << 20
     with relay.serve("CartPole-v1", url, max_message_size=limit) as server:
-        transport = ZmqTransport()
-        channel = transport.connect(server.address, Settings(max_message_size=8 * limit),
-                                    timeout=5.0)
-        try:
-            channel.send([b"x" * (2 * limit)])  # over the server's limit
-            with pytest.raises(ConnectionLost):
-                channel.recv(5.0)
+        channel = ZmqTransport().connect(server.address, Settings(max_message_size=8 * limit),
+                                         timeout=5.0)
+        try:  # the server's hello told its limit: refused before sending, naming it
+            with pytest.raises(MessageTooLarge, match=f"max_message_size={limit} "):
+                channel.send([b"x" * (2 * limit)])
         finally:
             channel.close()
+        # a peer that sends it anyway is dropped by ZeroMQ, and only that peer
+        endpoint = (f"tcp://127.0.0.1:{server.address.port}" if kind == "tcp"
+                    else f"ipc://{server.address.address}")
+        ctx = zmq.Context()
+        try:
+            sock = ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            sock.connect(endpoint)
+            sock.send_multipart([MAGIC, (8 * limit).to_bytes(8, "little")])
+            assert sock.poll(5000) and sock.recv_multipart()[0] == MAGIC
+            sock.send(b"x" * (2 * limit))
+            assert monitor.poll(5000), "the server kept the connection"
+            sock.disable_monitor()
+            monitor.close()
+            sock.close()
+        finally:
+            ctx.term()
         _assert_serves(server.address)
 
 
@@ -313,7 +348,7 @@ def test_fork_safe_context():
         _assert_serves(server.address)
 
 
-def test_several_clients_at_once_each_their_own_socket():
+def test_several_clients_at_once():
     with relay.serve("CartPole-v1", "zmq+tcp://127.0.0.1:0") as server:
         envs = [relay.make(server.address) for _ in range(3)]
         try:
@@ -324,6 +359,67 @@ def test_several_clients_at_once_each_their_own_socket():
         finally:
             for env in envs:
                 env.close()
+
+
+def _listening_tcp_ports() -> set[int]:
+    """The TCP ports this process listens on: LISTEN rows of /proc/net/tcp{,6}
+    whose socket inode is one of this process's descriptors."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/self/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[len("socket:["):-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: TCP_LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_one_port_whatever_the_number_of_clients():
+    before = _listening_tcp_ports()
+    with relay.serve("CartPole-v1", "zmq+tcp://127.0.0.1:0") as server:
+        envs = [relay.make(server.address) for _ in range(4)]
+        try:
+            for i, env in enumerate(envs):
+                env.reset(seed=i)
+                env.step(0)
+            assert _listening_tcp_ports() - before == {server.address.port}
+        finally:
+            for env in envs:
+                env.close()
+
+
+def test_one_ipc_path_whatever_the_number_of_clients(tmp_path):
+    with relay.serve("CartPole-v1", f"zmq+ipc://{tmp_path}/relay.sock") as server:
+        envs = [relay.make(server.address) for _ in range(4)]
+        try:
+            for i, env in enumerate(envs):
+                env.reset(seed=i)
+            assert [p.name for p in tmp_path.iterdir()] == ["relay.sock"]
+        finally:
+            for env in envs:
+                env.close()
+
+
+def test_monitor_addresses_are_never_reused():
+    # pyzmq names a monitor after the socket's descriptor number by default; a
+    # socket dropped without close() can leave that address bound, and a new
+    # socket given the same number then failed with "Address already in use"
+    with relay.serve("CartPole-v1", "zmq+tcp://127.0.0.1:0") as server:
+        squatter = context().socket(zmq.PAIR)
+        try:
+            lowest = os.open(os.devnull, os.O_RDONLY)  # the next descriptors are from here
+            os.close(lowest)
+            for fd in range(lowest, lowest + 64):
+                squatter.bind(f"inproc://monitor.s-{fd}")
+            _assert_serves(server.address)
+        finally:
+            squatter.close(0)
 
 
 @pytest.mark.slow
