@@ -25,20 +25,25 @@ Design (one port or ipc path per server, one server thread per channel):
   reads the socket sorts the messages into per-channel queues.  A waiting
   ``recv`` first polls for up to ``?spin=`` microseconds
   (:data:`relay.transports.base.DEFAULT_SPIN_US`), reading the socket itself
-  and yielding the core (a sleep plus wake-up costs 50-100 µs on these VMs);
+  and yielding the core (a sleep plus wake-up costs 50-100 µs);
   then it blocks.  Of the blocked threads, one (the *watcher*, a channel
   rather than ``accept``) waits on the socket's file descriptor and wakes
   those whose messages it reads; the others wait on their own condition.  A
-  lone client's round trip so costs what a dedicated socket costs; with
-  several clients waiting at once, a message for a non-watcher costs one
-  more wake-up.  Measured (relay bench, median µs S/M/L, one interleaved
-  run against the per-client socket design it replaced): zmq+ipc
-  SEE_BENCH; zmq+tcp SEE_BENCH.  ``?spin=0`` turns spinning off.
+  lone client's round trip costs a few µs more than on a socket of its own
+  (a routing-id frame, a lock, the sorting); with several clients waiting at
+  once, a message for a non-watcher costs one more wake-up, and spinning
+  threads read each other's messages.  Measured (relay bench, median µs
+  S/M/L, interleaved rounds against the design with one extra socket and
+  port per client that this replaced): zmq+ipc 169/165/196 vs 165/162/188,
+  zmq+tcp 195/189/257 vs 187/191/230; four clients stepping CartPole at
+  once over one zmq+tcp server: 508 vs 669 µs per step.  ``?spin=0`` turns
+  spinning off (an idle agent or env then costs no CPU at all).
 * Client side, the channel is its DEALER: ``send`` is one ``zmq_msg_send``
   per frame (non-blocking); ``recv`` one blocking ``zmq_msg_recv`` per frame
   with ``RCVTIMEO`` of at most :data:`CHECK_INTERVAL`, after the same spin.
 * Peer death.  Each socket has a monitor socket on a unique inproc address,
-  read only when a wait expires or (server) when the watcher's wait ends.
+  read only when a wait expires or (server) when its descriptor wakes the
+  watcher.
   A client's ``EVENT_DISCONNECTED`` (or a failed handshake) turns into
   ``ConnectionLost`` once no data is left.  The server learns which client
   left from the file descriptor in the event: each client's descriptor is
@@ -53,7 +58,9 @@ Design (one port or ipc path per server, one server thread per channel):
 Safety settings: ``LINGER 0`` on every client socket (closing never blocks)
 and :data:`CLOSE_LINGER_MS` on the listener (so close notices and final error
 frames still leave), ``MAXMSGSIZE`` = ``settings.max_message_size`` (a
-larger frame from a foreign peer drops that peer's connection),
+larger frame from a foreign peer drops that peer's connection; a message is
+also checked against the channel's receive limit,
+:data:`~relay.transports.base.HANDSHAKE_LIMIT` until the handshake),
 ``ROUTER_MANDATORY`` (a send to a client that left fails instead of
 vanishing), one context per process (re-created after ``fork``), and every
 ``zmq.ZMQError`` translated to the :class:`~relay.core.errors.RelayError`

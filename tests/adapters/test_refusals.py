@@ -19,20 +19,6 @@ from relay.core.url import make_url
 ATTEMPTS = 30
 
 
-@pytest.fixture
-def serve(listen_url):
-    servers = []
-
-    def start(env, **settings):
-        server = relay.serve(env, listen_url, **settings)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.close()
-
-
 def test_wrong_token_is_always_named(serve):
     server = serve("CartPole-v1", token="s3cret")
     for _ in range(ATTEMPTS):
@@ -69,9 +55,8 @@ class BigObservation(gym.Env):
 
 
 # transports whose client reports its library's own limit instead (websockets:
-# "frame ... exceeds limit of N bytes", gRPC: "Received message larger than max"),
-# or, in-process, applies none
-LIMIT_NOT_NAMED = {"memory", "ws", "grpc"}
+# "frame ... exceeds limit of N bytes", gRPC: "Received message larger than max")
+LIMIT_NOT_NAMED = {"ws", "grpc"}
 
 
 def test_answer_over_the_clients_limit_names_max_message_size(serve, listen_url, request):
