@@ -10,7 +10,7 @@ from gymnasium.utils.env_match import check_environments_match
 from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv
 
 import relay
-from relay.testing import FaultyEnv
+from relay.testing import FaultyEnv, check_env_as_local
 
 
 @pytest.fixture
@@ -124,11 +124,9 @@ def test_vector_seeding_state_agrees(serve):
 
 
 def test_check_env_checks_the_served_envs_seeding(serve):
-    from gymnasium.utils.env_checker import check_env
-
     server = serve("CartPole-v1")
     with relay.make(server.address) as remote:
-        check_env(remote, skip_render_check=True)
+        check_env_as_local(remote, gym.make("CartPole-v1").unwrapped, skip_render_check=True)
         remote.reset(seed=123)
         local = gym.make("CartPole-v1").unwrapped
         local.reset(seed=123)
