@@ -134,3 +134,17 @@ def test_vector_env_errors_name_sub_envs_without_the_token(caplog):
     with pytest.raises(RelayError, match="sub-environment 0") as info:
         RemoteVectorEnv(address, num_envs=2, connect_timeout=1.0)
     assert_hidden(info.value, caplog)
+
+
+def test_env_connecting_out_to_nobody(free_port, caplog):
+    with pytest.raises(RelayError) as info:
+        relay.connect_env(f"zmq+tcp://127.0.0.1:{free_port}?token={TOKEN}", "CartPole-v1",
+                          connect_timeout=0.5)
+    assert_hidden(info.value, caplog)
+
+
+def test_gymie_client_to_nobody(free_port, caplog):
+    with pytest.raises(RelayError) as info:
+        relay.make(f"ws://127.0.0.1:{free_port}/gym?codec=gymie&token={TOKEN}", "CartPole-v1",
+                   connect_timeout=0.5)
+    assert_hidden(info.value, caplog)
