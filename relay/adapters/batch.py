@@ -35,7 +35,7 @@ from relay.adapters.gymnasium import ENV_ID
 from relay.adapters.vector import _check_reset_mask, prefixed
 from relay.connection import ClientConnection, Pending
 from relay.core import spaces
-from relay.core.errors import ConfigError, RelayError
+from relay.core.errors import ConfigError, EnvClosed, RelayError, SpaceMismatch
 from relay.core.messages import (
     Close,
     Frame,
@@ -112,7 +112,8 @@ class RemoteBatchVectorEnv(VectorEnv[Any, Any, Any]):
     Raises:
         ConfigError: a bad size or mode, or the servers' sizes cannot give ``num_envs``.
         RemoteError: a server refused (its message and URL in the text).
-        RelayError: the servers' single spaces or autoreset modes differ.
+        SpaceMismatch: the servers' single spaces differ (a RuntimeError, as
+            Gymnasium raises).  RelayError: their autoreset modes differ.
         Timeout, ConnectionLost.
     """
 
@@ -176,9 +177,9 @@ class RemoteBatchVectorEnv(VectorEnv[Any, Any, Any]):
             offset += answer.num_envs
             for name, space in zip(("observation_space", "action_space"), single, strict=True):
                 if spaces.build(getattr(answer, name)) != space:
-                    raise RelayError(f"the vector env on {part.url} has another {name} than "
-                                     f"the one on {parts[0].url}: the sub-envs of a vector "
-                                     "env must have equal spaces")
+                    raise SpaceMismatch(f"the vector env on {part.url} has another {name} "
+                                        f"than the one on {parts[0].url}: the sub-envs of a "
+                                        "vector env must have equal spaces")
             if answer.metadata.get("autoreset_mode") != first.metadata.get("autoreset_mode"):
                 raise RelayError(f"the vector envs on {part.url} and {parts[0].url} have "
                                  "different autoreset modes")
@@ -448,7 +449,7 @@ class RemoteBatchVectorEnv(VectorEnv[Any, Any, Any]):
 
     def _check_idle(self) -> None:
         if self.closed:
-            raise RelayError("the vector environment is closed")
+            raise EnvClosed("the vector environment is closed")
         if any(part.future is not None for part in self._parts):
             raise ValueError("sub-envs are in flight after send(): recv() them first")
 

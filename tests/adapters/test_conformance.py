@@ -92,14 +92,18 @@ def test_vector_sub_envs_with_different_spaces_raise_runtime_error(serve):
         SyncVectorEnv([lambda: gym.make("CartPole-v1"), lambda: gym.make("MountainCar-v0")])
     with pytest.raises(RuntimeError):
         relay.make_vec([cartpole.address, car.address], num_envs=2)
+    batched = [serve("CartPole-v1", num_envs=1), serve("MountainCar-v0", num_envs=1)]
+    with pytest.raises(RuntimeError):  # servers hosting vector instances
+        relay.make_vec([server.address for server in batched])
 
 
 def test_reset_after_close_raises_closed_environment_error(serve):
     server = serve("CartPole-v1")
     local = AsyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2)
     remote = relay.make_vec(server.address, num_envs=2)
+    batched = relay.make_vec(serve("CartPole-v1", num_envs=2).address)
     single = relay.make(server.address)
-    for env in (local, remote, single):
+    for env in (local, remote, batched, single):
         env.close()
         with pytest.raises(gym.error.ClosedEnvironmentError):
             env.reset()
