@@ -14,13 +14,16 @@ from relay.core.messages import MESSAGE_TYPES, Envelope
 
 __all__ = [
     "ALLOWED_DTYPE_KINDS",
+    "NESTING_LIMIT",
     "Buffer",
     "Codec",
     "array_from_buffer",
     "check_dtype",
+    "check_nesting",
     "envelope_from_parts",
     "envelope_to_parts",
     "object_array",
+    "too_deep",
 ]
 
 Buffer = bytes | bytearray | memoryview
@@ -34,7 +37,9 @@ class Codec(Protocol):
     ``encode`` returns frames that may view the arrays inside the message (no
     copy), so the caller must send them before mutating those arrays.
     ``decode`` raises :class:`~relay.core.errors.CodecError` for anything
-    malformed and never executes code from the wire (no pickle).
+    malformed (and nothing else, whatever the frames hold) and never executes
+    code from the wire (no pickle).  Both directions refuse a value tree
+    nested deeper than :data:`NESTING_LIMIT` (:func:`check_nesting`).
     """
 
     name: str
@@ -127,16 +132,61 @@ def object_array(shape: Any, items: Any) -> np.ndarray:
     return array.reshape(shape)
 
 
+NESTING_LIMIT = 64
+"""Deepest nesting of containers (lists, tuples, maps, object arrays, graph instances) in a
+message, the message body (the map of its fields) being level 1.  Arrays,
+scalars, strings and bytes are leaves.  Every codec refuses deeper values in
+both directions, and bounds its own recursion by it while decoding, so a
+crafted frame cannot exhaust the stack."""
+
+_CONTAINERS = (dict, list, tuple)  # GraphInstance is a tuple; object arrays below
+
+
+def too_deep() -> CodecError:
+    """The error for a value nested deeper than :data:`NESTING_LIMIT`."""
+    return CodecError(f"value nested deeper than the nesting limit of {NESTING_LIMIT} levels")
+
+
+def check_nesting(tree: Any) -> None:
+    """Check that containers nest at most :data:`NESTING_LIMIT` deep in ``tree``.
+
+    Iterative (one pass per level), so any depth is checked without recursion.
+    Map keys are not walked: a codec bounds a tuple key's depth itself.
+
+    Raises:
+        CodecError: the tree is nested deeper (:func:`too_deep`).
+    """
+    nests = isinstance(tree, _CONTAINERS) or (type(tree) is np.ndarray and tree.dtype.hasobject)
+    level = [tree] if nests else []
+    for _ in range(NESTING_LIMIT):
+        if not level:
+            return
+        level = [
+            child
+            for value in level
+            for child in (value.values() if isinstance(value, dict) else
+                          value.reshape(-1) if isinstance(value, np.ndarray) else value)
+            if isinstance(child, _CONTAINERS)
+            or (type(child) is np.ndarray and child.dtype.hasobject)
+        ]
+    if level:
+        raise too_deep()
+
+
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls)) for cls in MESSAGE_TYPES.values()
 }
 
 
-
 def envelope_to_parts(envelope: Envelope) -> tuple[int, str, dict[str, Any]]:
-    """``(id, tag, fields)`` of an envelope, ready for a codec to serialize."""
+    """``(id, tag, fields)`` of an envelope, ready for a codec to serialize.
+
+    Raises:
+        CodecError: a field's value is nested deeper than :data:`NESTING_LIMIT`.
+    """
     message = envelope.message
     body = {name: getattr(message, name) for name in _FIELD_NAMES[type(message)]}
+    check_nesting(body)
     return envelope.id, message.tag, body
 
 
@@ -144,7 +194,8 @@ def envelope_from_parts(request_id: Any, tag: Any, body: Any) -> Envelope:
     """Rebuild an envelope from ``(id, tag, fields)`` decoded off the wire.
 
     Raises:
-        CodecError: unknown tag, bad id, missing or unexpected fields.
+        CodecError: unknown tag, bad id, missing or unexpected fields, or a
+            body nested deeper than :data:`NESTING_LIMIT`.
     """
     if type(request_id) is not int or request_id < 0:
         raise CodecError(f"request id must be a non-negative int, got {request_id!r}")
@@ -153,6 +204,7 @@ def envelope_from_parts(request_id: Any, tag: Any, body: Any) -> Envelope:
         raise CodecError(f"unknown message tag {tag!r}")
     if not isinstance(body, dict):
         raise CodecError(f"body of {tag!r} must be a map")
+    check_nesting(body)
     try:
         return Envelope(request_id, cls(**body))
     except TypeError as exc:

@@ -33,12 +33,14 @@ from typing import Any
 import numpy as np
 
 from relay.codecs.base import (
+    NESTING_LIMIT,
     Buffer,
     array_from_buffer,
     check_dtype,
     envelope_from_parts,
     envelope_to_parts,
     object_array,
+    too_deep,
 )
 from relay.core.errors import CodecError
 from relay.core.messages import Envelope
@@ -55,53 +57,74 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def to_json_value(value: Any) -> Any:
-    """A JSON-ready tree for a relay value tree (see the module table)."""
+def to_json_value(value: Any, depth: int = 0) -> Any:
+    """A JSON-ready tree for a relay value tree (see the module table).
+
+    ``depth`` is the number of containers around ``value``.
+
+    Raises:
+        CodecError: a type with no JSON form, a refused dtype, or containers
+            nested deeper than :data:`~relay.codecs.base.NESTING_LIMIT`.
+    """
     if value is None or isinstance(value, (bool, str)):
         return value
-    if isinstance(value, int) and not isinstance(value, np.generic):
+    if isinstance(value, np.generic):  # before int and float: np.float64 is a float
+        check_dtype(value.dtype.str)
+        return {"$scalar": [value.dtype.str, _b64(value.tobytes())]}
+    if isinstance(value, int):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else {"$float": repr(float(value))}
-    if isinstance(value, np.ndarray):
-        if value.dtype.hasobject:
-            return {"$objects": [list(value.shape),
-                                 [to_json_value(v) for v in value.reshape(-1)]]}
+    if isinstance(value, np.ndarray) and not value.dtype.hasobject:
         dtype = check_dtype(value.dtype.str)
         data = np.ascontiguousarray(value).tobytes()
         return {"$ndarray": [dtype.str, list(value.shape), _b64(data)]}
-    if isinstance(value, np.generic):
-        check_dtype(value.dtype.str)
-        return {"$scalar": [value.dtype.str, _b64(value.tobytes())]}
-    if GraphInstance is not None and isinstance(value, GraphInstance):
-        return {"$graph": [to_json_value(v) for v in value]}
-    if isinstance(value, tuple):
-        return {"$tuple": [to_json_value(v) for v in value]}
-    if isinstance(value, list):
-        return [to_json_value(v) for v in value]
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"$bytes": _b64(bytes(value))}
-    if isinstance(value, dict):
-        if all(isinstance(k, str) and not k.startswith("$") for k in value):
-            return {k: to_json_value(v) for k, v in value.items()}
-        return {"$map": [[to_json_value(k), to_json_value(v)] for k, v in value.items()]}
-    raise CodecError(f"cannot encode a value of type {type(value).__qualname__} as JSON")
-
-
-def from_json_value(value: Any) -> Any:
-    """The relay value tree for a parsed JSON tree (inverse of :func:`to_json_value`)."""
+    if not isinstance(value, (tuple, list, dict, np.ndarray)):
+        raise CodecError(f"cannot encode a value of type {type(value).__qualname__} as JSON")
+    depth += 1
+    if depth > NESTING_LIMIT:
+        raise too_deep()
+    if isinstance(value, np.ndarray):  # of dtype object: a container
+        return {"$objects": [list(value.shape),
+                             [to_json_value(v, depth) for v in value.reshape(-1)]]}
+    if GraphInstance is not None and isinstance(value, GraphInstance):
+        return {"$graph": [to_json_value(v, depth) for v in value]}
+    if isinstance(value, tuple):
+        return {"$tuple": [to_json_value(v, depth) for v in value]}
     if isinstance(value, list):
-        return [from_json_value(v) for v in value]
-    if not isinstance(value, dict):
+        return [to_json_value(v, depth) for v in value]
+    if all(isinstance(k, str) and not k.startswith("$") for k in value):
+        return {k: to_json_value(v, depth) for k, v in value.items()}
+    return {"$map": [[to_json_value(k, depth), to_json_value(v, depth)]
+                     for k, v in value.items()]}
+
+
+def from_json_value(value: Any, depth: int = 0) -> Any:
+    """The relay value tree for a parsed JSON tree (inverse of :func:`to_json_value`).
+
+    Raises:
+        CodecError: a malformed or unknown ``$`` form, or containers nested
+            deeper than :data:`~relay.codecs.base.NESTING_LIMIT`.
+    """
+    if not isinstance(value, (list, dict)):
         return value
+    depth += 1
+    if depth > NESTING_LIMIT:
+        raise too_deep()
+    if isinstance(value, list):
+        return [from_json_value(v, depth) for v in value]
     if len(value) == 1:
         ((key, inner),) = value.items()
         if key.startswith("$"):
-            return _from_tagged(key, inner)
-    return {k: from_json_value(v) for k, v in value.items()}
+            return _from_tagged(key, inner, depth)
+    return {k: from_json_value(v, depth) for k, v in value.items()}
 
 
-def _from_tagged(key: str, inner: Any) -> Any:
+def _from_tagged(key: str, inner: Any, depth: int) -> Any:
+    # depth: the level of the container this form stands for, counted already
+    # (a $ndarray or $scalar leaf too, which cannot nest further)
     try:
         if key == "$ndarray":
             dtype, shape, data = inner
@@ -110,7 +133,7 @@ def _from_tagged(key: str, inner: Any) -> Any:
             dtype, data = inner
             return array_from_buffer(dtype, [], base64.b64decode(data, validate=True))[()]
         if key == "$tuple":
-            return tuple(from_json_value(v) for v in inner)
+            return tuple(from_json_value(v, depth) for v in inner)
         if key == "$bytes":
             return base64.b64decode(inner, validate=True)
         if key == "$float":
@@ -118,12 +141,12 @@ def _from_tagged(key: str, inner: Any) -> Any:
                 raise ValueError(inner)
             return float(inner)
         if key == "$map":
-            return {from_json_value(k): from_json_value(v) for k, v in inner}
+            return {from_json_value(k, depth): from_json_value(v, depth) for k, v in inner}
         if key == "$objects":
             shape, items = inner
-            return object_array(shape, [from_json_value(v) for v in items])
+            return object_array(shape, [from_json_value(v, depth) for v in items])
         if key == "$graph" and GraphInstance is not None:
-            return GraphInstance(*(from_json_value(v) for v in inner))
+            return GraphInstance(*(from_json_value(v, depth) for v in inner))
     except CodecError:
         raise
     except (TypeError, ValueError) as exc:
@@ -145,9 +168,14 @@ class JsonCodec:
     def decode(self, frames: Sequence[Buffer], *, zero_copy: bool = False) -> Envelope:
         if len(frames) != 1:
             raise CodecError(f"a JSON message is one frame, got {len(frames)}")
+        frame = frames[0]
+        if not isinstance(frame, (bytes, bytearray, memoryview)):
+            raise CodecError(f"a frame is bytes-like, got {type(frame).__name__}")
         try:
-            tree = json.loads(bytes(frames[0]))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            tree = json.loads(bytes(frame))
+        except RecursionError:  # the parser's own limit, far above NESTING_LIMIT
+            raise too_deep() from None
+        except ValueError as exc:  # bad UTF-8 or JSON, an integer over Python's digit limit
             raise CodecError(f"malformed JSON message: {exc}") from exc
         if not isinstance(tree, dict) or set(tree) != {"id", "tag", "body"}:
             raise CodecError('a JSON message is an object with keys "id", "tag" and "body"')

@@ -20,6 +20,10 @@ ext code  Python value         payload (MessagePack)
 Large arrays are never copied into frame 0: their memory is handed to the
 transport as a frame of its own.  Nothing is unpickled; dtypes are checked
 against a whitelist and shapes against the byte length before allocation.
+Each extension payload is unpacked by a nested ``msgpack.unpackb``, whose
+unpacking stack (about 40 KiB) lives on the C stack: decoding counts those
+nested calls and stops at :data:`~relay.codecs.base.NESTING_LIMIT`, so a
+crafted frame cannot overflow the C stack.
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ import msgpack
 import numpy as np
 
 from relay.codecs.base import (
+    NESTING_LIMIT,
     Buffer,
     array_from_buffer,
     check_dtype,
     envelope_from_parts,
     envelope_to_parts,
     object_array,
+    too_deep,
 )
 from relay.core.errors import CodecError
 from relay.core.messages import Envelope
@@ -124,6 +130,9 @@ class MsgpackCodec:
         request_id, tag, body = envelope_to_parts(envelope)
         try:
             frames[0] = encoder.outer.pack([request_id, tag, body])
+        except RecursionError:  # a deep tuple used as a map key (values are checked)
+            encoder.outer.reset()
+            raise too_deep() from None
         except (TypeError, ValueError, OverflowError) as exc:
             encoder.outer.reset()
             raise CodecError(f"cannot encode {tag!r}: {exc}") from exc
@@ -135,8 +144,10 @@ class MsgpackCodec:
         if not frames:
             raise CodecError("empty message: no frames")
         used: set[int] = set()
+        depth = 0  # extension payloads being unpacked, one inside the other
 
         def ext_hook(code: int, data: bytes) -> Any:
+            nonlocal depth
             if code == EXT_NDARRAY:
                 dtype, shape, payload = _unpackb(data, None)
                 if type(payload) is int:
@@ -153,18 +164,25 @@ class MsgpackCodec:
                 if dtype is None or not isinstance(raw, bytes) or len(raw) != dtype.itemsize:
                     raise CodecError(f"malformed scalar of dtype {dtype_text!r}")
                 return np.frombuffer(raw, dtype=dtype, count=1)[0]
-            if code == EXT_TUPLE:
+            if code not in (EXT_TUPLE, EXT_OBJECTS, EXT_GRAPH) or (
+                    code == EXT_GRAPH and GraphInstance is None):
+                raise CodecError(f"unknown MessagePack extension type {code}")
+            if depth >= NESTING_LIMIT:
+                raise too_deep()
+            depth += 1
+            try:
                 items = _unpackb(data, ext_hook)
+            finally:
+                depth -= 1
+            if code == EXT_TUPLE:
                 if not isinstance(items, list):
                     raise CodecError("tuple payload must be an array")
                 return tuple(items)
             if code == EXT_OBJECTS:
-                shape, items = _unpackb(data, ext_hook)
+                shape, items = items
                 return object_array(shape, items)
-            if code == EXT_GRAPH and GraphInstance is not None:
-                nodes, edges, links = _unpackb(data, ext_hook)
-                return GraphInstance(nodes, edges, links)
-            raise CodecError(f"unknown MessagePack extension type {code}")
+            nodes, edges, links = items
+            return GraphInstance(nodes, edges, links)
 
         try:
             request_id, tag, body = _unpackb(frames[0], ext_hook)
