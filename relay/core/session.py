@@ -24,9 +24,11 @@ still its request's.
 from __future__ import annotations
 
 import enum
+import hmac
 import itertools
+import reprlib
 from collections.abc import Collection
-from typing import assert_never
+from typing import Any, assert_never
 
 from relay.core.errors import (
     ConnectionLost,
@@ -96,6 +98,32 @@ def _major(protocol: str) -> str:
     return protocol.split(".", 1)[0]
 
 
+def _field_problem(message: Hello | Welcome, strings: tuple[str, ...],
+                   string_lists: tuple[str, ...], optional: tuple[str, ...] = ()) -> str | None:
+    """What is wrong with the types of a handshake message's fields, or None.
+
+    A peer may send any value in any field (the codecs check only the names),
+    so the handshake checks types before it uses one.
+    """
+    kind = type(message).__name__
+    for name in strings + optional:
+        value = getattr(message, name)
+        if not isinstance(value, str) and not (name in optional and value is None):
+            wanted = "a string or null" if name in optional else "a string"
+            shown = "" if name == "token" else f", got {reprlib.repr(value)}"
+            return f"{kind}.{name} must be {wanted}{shown}"
+    for name in string_lists:
+        value = getattr(message, name)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            return f"{kind}.{name} must be a list of strings, got {reprlib.repr(value)}"
+    return None
+
+
+def same_token(given: Any, expected: str) -> bool:
+    """Whether a client's token is the server's, compared in constant time."""
+    return isinstance(given, str) and hmac.compare_digest(given.encode(), expected.encode())
+
+
 class ClientSession:
     """The agent's side: handshake, request ids, deadlines, answer matching."""
 
@@ -140,6 +168,10 @@ class ClientSession:
         if not isinstance(message, Welcome) or envelope.id != 0:
             self.state = State.CLOSED
             raise RemoteProtocolError(f"expected Welcome, got {type(message).__name__}")
+        problem = _field_problem(message, ("protocol", "codec", "server"), ("capabilities",))
+        if problem is not None:
+            self.state = State.CLOSED
+            raise RemoteProtocolError(f"malformed Welcome: {problem}")
         if _major(message.protocol) != _major(PROTOCOL):
             self.state = State.CLOSED
             raise RemoteProtocolError(f"server speaks {message.protocol!r}, not {PROTOCOL!r}")
@@ -213,7 +245,9 @@ class ServerSession:
     def hello(self, envelope: Envelope) -> Envelope:
         """Answer the client's first message with ``Welcome`` or ``Error``.
 
-        After an ``Error`` answer the session is CLOSED and the driver hangs up.
+        Any message gets one of the two (fields of the wrong type included);
+        after an ``Error`` answer the session is CLOSED and the driver hangs up.
+        The token is compared in constant time.
         """
         message = envelope.message
         if self.state is not State.HANDSHAKING:
@@ -221,14 +255,18 @@ class ServerSession:
         error: str | None = None
         if not isinstance(message, Hello):
             error = f"expected Hello, got {type(message).__name__}"
+        elif (problem := _field_problem(message, ("protocol", "role"), ("codecs",),
+                                        optional=("token",))) is not None:
+            error = f"malformed Hello: {problem}"
         elif _major(message.protocol) != _major(PROTOCOL):
-            error = f"protocol {message.protocol!r} is not supported (server speaks {PROTOCOL})"
-        elif self._token is not None and message.token != self._token:
+            error = (f"protocol {reprlib.repr(message.protocol)} is not supported "
+                     f"(server speaks {PROTOCOL})")
+        elif self._token is not None and not same_token(message.token, self._token):
             error = "missing or wrong token"
         else:
             chosen = next((c for c in message.codecs if c in self.codecs), None)
             if chosen is None:
-                error = (f"none of the codecs {list(message.codecs)} is available "
+                error = (f"none of the codecs {reprlib.repr(list(message.codecs))} is available "
                          f"(server has {list(self.codecs)})")
             else:
                 self.codec = chosen

@@ -125,3 +125,51 @@ def test_an_answer_read_after_its_deadline_is_still_taken_until_given_up_on():
     assert client.receive(Envelope(first.id, answer))[0] == first.id
     assert client.receive(Envelope(second.id, answer)) is None
     assert client.dropped == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"protocol": 5}, "Hello.protocol must be a string, got 5"),
+        ({"codecs": 5}, "Hello.codecs must be a list of strings, got 5"),
+        ({"codecs": ["json", 5]}, "Hello.codecs must be a list of strings"),
+        ({"codecs": {"json": 1}}, "Hello.codecs must be a list of strings"),
+        ({"role": None}, "Hello.role must be a string, got None"),
+        ({"token": 5}, "Hello.token must be a string or null"),
+    ],
+)
+def test_server_answers_a_malformed_hello_with_a_protocol_error(fields, named):
+    server = ServerSession(["msgpack"], token="s3cret")
+    answer = server.hello(Envelope(0, Hello(**{"token": "s3cret", **fields})))
+    assert isinstance(answer.message, Error) and answer.message.code == "protocol"
+    assert named in answer.message.message and "s3cret" not in answer.message.message
+    assert server.state is State.CLOSED
+
+
+def test_client_refuses_a_malformed_welcome():
+    client = ClientSession()
+    client.hello()
+    with pytest.raises(RemoteProtocolError, match="Welcome.protocol must be a string"):
+        client.welcome(Envelope(0, Welcome(protocol=1)))  # type: ignore[arg-type]
+    assert client.state is State.CLOSED
+
+
+def test_token_is_compared_in_constant_time(monkeypatch):
+    import hmac
+
+    import relay.core.session as session_module
+
+    compared = []
+    compare = hmac.compare_digest
+
+    def spy(a, b):
+        compared.append((a, b))
+        return compare(a, b)
+
+    monkeypatch.setattr(session_module.hmac, "compare_digest", spy)
+    for given, accepted in (("s3cret", True), ("wrong", False), ("sécret", False)):
+        server = ServerSession(["msgpack"], token="s3cret")
+        answer = server.hello(Envelope(0, Hello(token=given)))
+        assert isinstance(answer.message, Welcome) is accepted
+    assert compared == [(b"s3cret", b"s3cret"), (b"wrong", b"s3cret"),
+                        ("sécret".encode(), b"s3cret")]
