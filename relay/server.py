@@ -64,13 +64,14 @@ EnvFactory = Callable[..., gym.Env]
 """``factory(env_id, **kwargs) -> gymnasium.Env``; ``env_id`` may be None."""
 
 
-def _error(code: str, exc: BaseException, env_index: int | None = None) -> Error:
+def _error(code: str, exc: BaseException, env_index: int | None = None, *,
+           with_traceback: bool = True) -> Error:
     message = str(exc) if env_index is None else f"sub-environment {env_index}: {exc}"
     return Error(
         code=code,
         message=message,
         remote_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
-        traceback="".join(traceback.format_exception(exc)),
+        traceback="".join(traceback.format_exception(exc)) if with_traceback else "",
         env_index=env_index,
     )
 
@@ -110,13 +111,17 @@ class EnvHost:
         access: the calls, attribute writes and wrappers its client may ask for
             besides the core requests (:mod:`relay.access`; default: the
             built-in ones only).
+        tracebacks: the server's setting: put the traceback of an exception
+            into its ``Error`` answer (False: leave it empty).
     """
 
     def __init__(self, factory: EnvFactory | None,
-                 vectors: VectorFactory | None = None, access: Access | None = None) -> None:
+                 vectors: VectorFactory | None = None, access: Access | None = None, *,
+                 tracebacks: bool = True) -> None:
         self._factory = factory
         self._vector_factory = vectors
         self._access = access or Access()
+        self.tracebacks = tracebacks
         self._envs: dict[int, gym.Env] = {}
         self._vectors: dict[int, _Vector] = {}
         self._needs_reset: set[int] = set()
@@ -194,12 +199,12 @@ class EnvHost:
         except NotAllowed as exc:
             return Error(code=NotAllowed.code, message=str(exc))
         except ConfigError as exc:
-            return _error("config", exc)
+            return _error("config", exc, with_traceback=self.tracebacks)
         except SubEnvError as exc:
             cause = exc.__cause__ or exc
-            return _error("env", cause, env_index=exc.index)
+            return _error("env", cause, env_index=exc.index, with_traceback=self.tracebacks)
         except Exception as exc:
-            return _error("env", exc)
+            return _error("env", exc, with_traceback=self.tracebacks)
 
     def _make(self, request: Make) -> Made:
         if self._factory is None:
@@ -496,7 +501,8 @@ class Server(ThreadedServer):
         except RelayError:
             log.exception("accept failed")
             return None
-        host = EnvHost(self._factory, self._vectors, self._access)
+        host = EnvHost(self._factory, self._vectors, self._access,
+                       tracebacks=self.settings.tracebacks)
         return lambda: serve_channel(channel, host.handle, self.settings, stop=self._stop,
                                      on_close=host.close, capabilities=self.capabilities)
 

@@ -360,7 +360,7 @@ class EnvConnection:
 
     def _serve(self) -> None:
         channel = _connect_retrying(self.url, self.settings, self._stop)
-        host = EnvHost(self._factory)
+        host = EnvHost(self._factory, tracebacks=self.settings.tracebacks)
         closed = threading.Event()
 
         def handle(request: Request) -> Response:

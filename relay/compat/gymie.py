@@ -601,7 +601,7 @@ class GymieServer(ThreadedServer):
             protocol = ServerProtocol(max_size=self.settings.max_message_size,
                                       logger=token_safe_logger(log))
             if self._handshake(sock, protocol):
-                host = EnvHost(self._factory)
+                host = EnvHost(self._factory, tracebacks=self.settings.tracebacks)
                 session = GymieSession(host.handle)
                 try:
                     self._converse(sock, protocol, session)

@@ -44,6 +44,9 @@ class Settings:
         token: optional shared secret a client must present in its ``Hello``.
         zero_copy: hand out arrays that view transport buffers (valid until the
             next call) instead of fresh copies, where the transport can.
+        tracebacks: a server sends the traceback of an environment's exception
+            to the client (its file paths and code lines); false sends only
+            the exception's type and message.
     """
 
     codec: str = "msgpack"
@@ -52,6 +55,7 @@ class Settings:
     max_message_size: int = 256 * MiB
     token: str | None = None
     zero_copy: bool = False
+    tracebacks: bool = True
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -198,9 +198,10 @@ class StreamSession:
         except Exception as exc:  # a bug here must not end the stream
             log.exception("dm_env_rpc request failed")
             response.Clear()
+            trace = "".join(traceback.format_exception(exc)) if self._host.tracebacks else ""
             response.error.CopyFrom(_Fail(
                 code_pb2.INTERNAL, f"{kind} failed: {type(exc).__name__}: {exc}",
-                "".join(traceback.format_exception(exc))).status())
+                trace).status())
         size = response.ByteSize()
         if size > self._max_size:  # gRPC would abort the stream: answer why instead
             response.Clear()
@@ -384,8 +385,9 @@ class StreamSession:
 
 class _Servicer(dm_env_rpc_pb2_grpc.EnvironmentServicer):
     def __init__(self, factory: EnvFactory, names: WorldNames, active: set[Any],
-                 lock: threading.Lock, max_size: int) -> None:
+                 lock: threading.Lock, max_size: int, tracebacks: bool) -> None:
         self._max_size = max_size
+        self._tracebacks = tracebacks
         self._factory = factory
         self._names = names
         self._active = active
@@ -394,7 +396,8 @@ class _Servicer(dm_env_rpc_pb2_grpc.EnvironmentServicer):
     def Process(  # noqa: N802 - the gRPC method name
         self, request_iterator: Iterator[pb.EnvironmentRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.EnvironmentResponse]:
-        session = StreamSession(EnvHost(self._factory), self._names, max_size=self._max_size)
+        host = EnvHost(self._factory, tracebacks=self._tracebacks)
+        session = StreamSession(host, self._names, max_size=self._max_size)
         with self._lock:
             self._active.add(session)
         try:
@@ -481,7 +484,8 @@ class DmEnvRpcServer:
         )
         dm_env_rpc_pb2_grpc.add_EnvironmentServicer_to_server(
             _Servicer(factory, WorldNames(), self._active, self._lock,
-                      min(settings.max_message_size, 2**31 - 1)), self._server)
+                      min(settings.max_message_size, 2**31 - 1), settings.tracebacks),
+            self._server)
         target = grpc_target(url)
         try:
             if url.scheme == "grpcs":
