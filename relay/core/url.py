@@ -3,7 +3,10 @@
 The scheme picks the transport plugin (``zmq+tcp``, ``shm``, ``grpc``...), the
 address is that transport's endpoint (``HOST:PORT``, a path, a name), and the
 query string carries settings that override config (``?codec=json&timeout=5``).
-Bad URLs are rejected at parse time with the reason (:class:`InvalidURL`).
+Bad URLs are rejected at parse time with the reason (:class:`InvalidURL`),
+among them a ``#fragment`` and ``user:password@`` (a token goes in
+``?token=`` or the ``token`` setting).  Secrets in the query (``token``,
+``password``) are shown as ``***`` wherever relay prints or logs a URL.
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ _SCHEME = re.compile(r"^[a-z][a-z0-9.\-]*(\+[a-z][a-z0-9.\-]*)*$")
 _SECRET_KEYS = frozenset({"token", "password"})
 _SECRET_VALUE = re.compile(
     rf"((?:^|[?&;\s'\"])(?:{'|'.join(sorted(_SECRET_KEYS))})=)[^&#;\s'\"]*")
+_USER_INFO = re.compile(r"(://)[^/?#\s'\"]*@")
 
 
 def mask_secrets(text: str) -> str:
     """``text`` (a URL, or a message that quotes one) with the value of every
     ``token=`` and ``password=`` query option shown as ``***``; for URLs that
-    did not parse, which :meth:`URL.render` cannot mask."""
-    return _SECRET_VALUE.sub(r"\1***", text)
+    did not parse, which :meth:`URL.render` cannot mask; also a
+    ``user:password@`` (which :func:`make_url` refuses)."""
+    return _USER_INFO.sub(r"\1***@", _SECRET_VALUE.sub(r"\1***", text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +105,7 @@ class URL:
         }
         text = f"{self.scheme}://{self.address}"
         if query:
-            text += "?" + urlencode(query, quote_via=quote, safe="/:")
+            text += "?" + urlencode(query, quote_via=quote, safe="/:*")
         return text
 
     def __str__(self) -> str:
@@ -108,6 +113,10 @@ class URL:
 
     def __repr__(self) -> str:
         return f"URL({self.render()!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle and copy.deepcopy cannot handle the MappingProxyType query
+        return make_url, (str(self),)
 
 
 def _split_hostport(url: URL) -> tuple[str, int | None]:
@@ -130,8 +139,8 @@ def make_url(url: str | URL) -> URL:
     """Parse ``url`` (idempotent: a :class:`URL` is returned as is).
 
     Raises:
-        InvalidURL: no ``://``, a bad scheme, an empty address, a bad port, or a
-            repeated query key.
+        InvalidURL: no ``://``, a bad scheme, an empty address, user info
+            (``user:pw@``), a ``#fragment``, a bad port, or a repeated query key.
     """
     if isinstance(url, URL):
         return url
@@ -144,11 +153,18 @@ def make_url(url: str | URL) -> URL:
     scheme = scheme.lower()
     if not _SCHEME.match(scheme):
         raise InvalidURL(text, f"scheme {scheme!r} is not of the form name[+variant]")
+    if "#" in rest:
+        raise InvalidURL(text, "a '#fragment' is not allowed (relay URLs have none; "
+                         "a '#' in a path or value is written %23)")
     address, _, query_text = rest.partition("?")
     if not address:
         raise InvalidURL(text, "empty address after '://'")
     if any(c.isspace() for c in address):
         raise InvalidURL(text, "whitespace in the address")
+    netloc = address.split("/", 1)[0]
+    if "@" in netloc[1:]:  # a leading "@" is zmq's abstract socket name
+        raise InvalidURL(text, "user info ('user:password@') is not allowed; "
+                         "give a token with ?token=... or the token setting")
     try:
         pairs = parse_qsl(query_text, keep_blank_values=True, strict_parsing=bool(query_text))
     except ValueError as exc:

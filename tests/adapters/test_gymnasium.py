@@ -206,3 +206,21 @@ def test_connect_to_nobody_fails_within_connect_timeout():
     with pytest.raises(ConnectError):
         relay.make("memory://nobody", connect_timeout=1.0)
     assert time.monotonic() - start < 2.0
+
+
+def test_gymnasium_make_with_a_url_object_keeps_a_spec_that_round_trips(serve_tcp):
+    import copy
+    import pickle
+
+    server = serve_tcp("CartPole-v1")
+    url = relay.make_url(f"{server.address}?codec=json")
+    env = gym.make("relay/Remote-v0", url=url)
+    try:
+        assert env.spec is not None and env.spec.kwargs["url"] == url
+        for spec in (copy.deepcopy(env.spec), pickle.loads(pickle.dumps(env.spec))):
+            assert spec == env.spec
+            again = gym.make(spec)
+            assert again.reset(seed=1)[0].shape == (4,)
+            again.close()
+    finally:
+        env.close()

@@ -47,8 +47,38 @@ def test_token_masked_in_repr():
         ("1zmq://host", "scheme"),
         ("zmq+tcp://h:1?codec=a&codec=b", "given twice"),
         ("zmq+tcp://h :1", "whitespace"),
+        ("ws://h:80/gym?codec=gymie#frag", "fragment"),
+        ("ws://h:80/gym#frag", "fragment"),
+        ("tcp://user:pw@h:5", "user info"),
+        ("ws://user@h:5/relay", "user info"),
     ],
 )
 def test_bad_urls_rejected_with_reason(text, reason):
     with pytest.raises(InvalidURL, match=reason):
         make_url(text)
+
+
+def test_abstract_zmq_socket_name_is_not_user_info():
+    assert make_url("zmq+ipc://@relay").address == "@relay"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["tcp://user:s3cret@h:5", "ws://user:s3cret@h:5/relay?token=s3cret",
+     "ws://h:1/p?password=s3cret#x"],
+)
+def test_invalid_url_errors_mask_user_info_and_secrets(text):
+    with pytest.raises(InvalidURL) as caught:
+        make_url(text)
+    assert "s3cret" not in str(caught.value) and "s3cret" not in caught.value.url
+    assert "***" in str(caught.value)
+
+
+def test_url_pickles_and_deep_copies():
+    import copy
+    import pickle
+
+    url = make_url("zmq+tcp://127.0.0.1:5555?codec=json&token=s3cret")
+    for copied in (pickle.loads(pickle.dumps(url)), copy.deepcopy(url), copy.copy(url)):
+        assert copied == url and str(copied) == str(url)
+        assert dict(copied.query) == {"codec": "json", "token": "s3cret"}
