@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import inspect
 import threading
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -66,7 +65,9 @@ class DmEnvAsGym(gym.Env):
             one is closed).  Without it, ``reset(seed=...)`` reseeds the
             ``numpy`` random states it finds on the environment (``_rng``,
             ``_random``, ``random``, and those of its ``task``, as in bsuite and
-            dm_control), and warns once if there is none.
+            dm_control), and raises ``ConfigError`` if there is none (the
+            client gets it as a ``RemoteError`` with code ``config``): an
+            unseeded reset must not pass for a seeded one.
         owned: close ``env`` on :meth:`close` (False for an instance the caller
             keeps).
         on_close: called once by :meth:`close`.
@@ -90,7 +91,6 @@ class DmEnvAsGym(gym.Env):
         self._rebuild = rebuild
         self._owned = owned
         self._on_close = on_close
-        self._warned_seed = False
         self._obs = specs.describe_spec(env.observation_spec())
         self._act = specs.describe_spec(env.action_spec())
         self._reward_spec = env.reward_spec()
@@ -134,10 +134,11 @@ class DmEnvAsGym(gym.Env):
                 old.close()
             self._owned = True
             return
-        if not _reseed(self.env, seed) and not self._warned_seed:
-            self._warned_seed = True
-            warnings.warn(f"reset(seed={seed}): no random state found on {self.env!r} to seed; "
-                          "serve a factory with a 'seed' parameter", stacklevel=2)
+        if not _reseed(self.env, seed):
+            raise ConfigError(
+                f"reset(seed={seed}) cannot seed {type(self.env).__qualname__}: no numpy "
+                "random state found on it; serve a factory with a 'seed' parameter "
+                "(factory(env_id, seed=None, **kwargs))")
 
     def close(self) -> None:
         on_close, self._on_close = self._on_close, None
@@ -185,7 +186,8 @@ def serving_factory(env: Any) -> Callable[..., gym.Env]:
     * a callable: called per ``Make`` as ``env(env_id, **kwargs)``; a
       ``dm_env.Environment`` it returns is wrapped in :class:`DmEnvAsGym`
       (if it has a ``seed`` parameter, ``reset(seed=s)`` makes a new env with
-      ``seed=s``); a ``gymnasium.Env`` is served as is.
+      ``seed=s``, also when ``Make`` gave a ``seed``: that one seeds the
+      first episodes only); a ``gymnasium.Env`` is served as is.
 
     Raises:
         ConfigError: ``env`` is neither.
@@ -216,9 +218,9 @@ def serving_factory(env: Any) -> Callable[..., gym.Env]:
         made = env(env_id, **kwargs)
         if isinstance(made, dm_env.Environment):
             rebuild = None
-            if seeded and "seed" not in kwargs:
+            if seeded:
                 def rebuild(seed: int) -> dm_env.Environment:
-                    return env(env_id, **kwargs, seed=seed)
+                    return env(env_id, **{**kwargs, "seed": seed})
             return DmEnvAsGym(made, rebuild=rebuild)
         return made
 

@@ -380,3 +380,52 @@ def test_dm_control_cartpole_both_ways() -> None:
             env.close()
     finally:
         server.close()
+
+
+class CoinEnv(dm_env.Environment):
+    """One flip of a coin per episode, drawn from Python's ``random`` (a random
+    state relay does not find to reseed: only a factory's ``seed`` can)."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        import random
+
+        self._coin = random.Random(seed)
+
+    def observation_spec(self):
+        return S.Array((), np.float64)
+
+    def action_spec(self):
+        return S.DiscreteArray(2)
+
+    def reset(self):
+        return dm_env.restart(np.float64(self._coin.random()))
+
+    def step(self, action):
+        return dm_env.termination(0.0, np.float64(0.0))
+
+
+def coin_factory(env_id, seed=None):
+    return CoinEnv(seed)
+
+
+def test_reset_seed_reseeds_also_when_make_gave_a_seed(serve) -> None:
+    server = serve(coin_factory)
+    env = relay.make(server.address, seed=0)  # the seed of the first episodes only
+    try:
+        first = env.reset()[0]
+        assert first == CoinEnv(0).reset().observation
+        assert env.reset(seed=3)[0] == env.reset(seed=3)[0] == CoinEnv(3).reset().observation
+        check_env_as_local(env, serving_factory(coin_factory)(None, seed=0), skip_render_check=True)
+    finally:
+        env.close()
+
+
+def test_reset_seed_that_cannot_be_applied_is_an_error_on_the_client(serve) -> None:
+    server = serve(lambda env_id: CoinEnv())  # no seed parameter, no numpy random state
+    env = relay.make(server.address)
+    try:
+        env.reset()
+        with pytest.raises(relay.RemoteError, match=r"reset\(seed=3\) cannot seed CoinEnv"):
+            env.reset(seed=3)
+    finally:
+        env.close()
