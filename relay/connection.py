@@ -17,10 +17,10 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import NamedTuple
 
-from relay.codecs.base import Codec
+from relay.codecs.base import Buffer, Codec
 from relay.codecs.json import JsonCodec
 from relay.core.config import Settings
 from relay.core.errors import (
@@ -44,6 +44,7 @@ __all__ = [
     "HANDSHAKE_CODEC",
     "ClientConnection",
     "Pending",
+    "answer_hello",
     "relay_codecs",
     "remote_error",
     "serve_channel",
@@ -259,6 +260,16 @@ def _unsendable(request_id: int, exc: RelayError) -> Envelope:
         remote_type=f"{type(exc).__module__}.{type(exc).__qualname__}"))
 
 
+def answer_hello(session: ServerSession, frames: Sequence[Buffer]) -> Envelope:
+    """A server's answer to a client's first message: ``Welcome``, or ``Error`` for
+    undecodable frames and a malformed or refused ``Hello``.  Never raises; the
+    session is READY only after a ``Welcome``."""
+    try:
+        return session.hello(HANDSHAKE_CODEC.decode(frames))
+    except CodecError as exc:
+        return Envelope(0, Error(code="protocol", message=f"bad Hello: {exc}"))
+
+
 def serve_channel(
     channel: Channel,
     handler: Handler,
@@ -281,13 +292,7 @@ def serve_channel(
                             capabilities=capabilities)
     try:
         frames = channel.recv(settings.connect_timeout)
-        try:
-            welcome = session.hello(HANDSHAKE_CODEC.decode(frames))
-        except CodecError as exc:
-            channel.send(HANDSHAKE_CODEC.encode(
-                Envelope(0, Error(code="protocol", message=f"bad Hello: {exc}"))))
-            return
-        channel.send(HANDSHAKE_CODEC.encode(welcome))
+        channel.send(HANDSHAKE_CODEC.encode(answer_hello(session, frames)))
         if session.state is not State.READY:
             return
         channel.set_receive_limit(settings.max_message_size)

@@ -27,7 +27,7 @@ import relay
 from relay.codecs.base import NESTING_LIMIT, envelope_to_parts
 from relay.codecs.json import JsonCodec
 from relay.codecs.msgpack import MsgpackCodec
-from relay.connection import HANDSHAKE_CODEC
+from relay.connection import HANDSHAKE_CODEC, answer_hello
 from relay.core.config import resolve_settings
 from relay.core.errors import CodecError, ConnectionLost
 from relay.core.messages import Envelope, Error, Hello, Observation, Step, Welcome
@@ -250,22 +250,12 @@ def hello_frames(draw: Any) -> list[bytes]:
     return frames
 
 
-def answer_hello(frames: list[bytes]) -> Envelope:
-    """What the server answers a first message (``serve_channel``'s first step)."""
-    session = ServerSession(["msgpack", "json"], token="s3cret")
-    try:
-        envelope = HANDSHAKE_CODEC.decode(frames)
-    except CodecError as exc:
-        return Envelope(0, Error(code="protocol", message=f"bad Hello: {exc}"))
-    return session.hello(envelope)
-
-
 @fuzz(1500)
 @given(hello_frames())
 def handshakes(frames: list[bytes]) -> None:
     global count
     count += 1
-    answer = answer_hello(frames)
+    answer = answer_hello(ServerSession(["msgpack", "json"], token="s3cret"), frames)
     assert isinstance(answer.message, (Welcome, Error)), answer
     HANDSHAKE_CODEC.encode(answer)  # the answer can be sent
 
