@@ -6,13 +6,17 @@ machines and languages, through the standard Gymnasium and dm_env APIs.
     envs = relay.make_vec("zmq+tcp://127.0.0.1:5555", num_envs=4)  # a VectorEnv
 
 Importing relay loads no plugin and opens nothing; it registers the
-Gymnasium id ``relay/Remote-v0``.
+Gymnasium id ``relay/Remote-v0``.  ``dm_env`` is imported on first use of
+:func:`make_dm_env`, not by ``import relay``.
 """
 
+import importlib
+import typing
+
 from relay.adapters.batch import RemoteBatchVectorEnv
-from relay.adapters.dm_env import make_dm_env
 from relay.adapters.gymnasium import RemoteEnv, make, register_envs
 from relay.adapters.inverted import ListeningEnv, connect_env, listen_env
+from relay.adapters.serving import serve
 from relay.adapters.vector import RemoteVectorEnv, make_vec
 from relay.core.config import Settings
 from relay.core.errors import (
@@ -40,7 +44,10 @@ from relay.core.errors import (
 )
 from relay.core.plugins import hookimpl
 from relay.core.url import URL, make_url
-from relay.server import Server, serve
+from relay.server import Server
+
+if typing.TYPE_CHECKING:
+    from relay.adapters.dm_env import make_dm_env
 
 __version__ = "0.1.0"
 
@@ -82,5 +89,18 @@ __all__ = [
     "make_vec",
     "serve",
 ]
+
+_LAZY = {"make_dm_env": "relay.adapters.dm_env"}
+"""Names whose module is imported on first use (it imports ``dm_env``)."""
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'relay' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 register_envs()

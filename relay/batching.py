@@ -109,8 +109,10 @@ def vector_factory(env: Any, num_envs: int | None) -> VectorFactory:
 
     Args:
         env: an env id (None: any registered id the client names), a factory
-            ``factory(env_id, **kwargs)`` returning a ``VectorEnv``, a
-            ``gymnasium.Env`` or a ``dm_env.Environment``, or a ``VectorEnv``.
+            ``factory(env_id, **kwargs)`` returning a ``VectorEnv`` or a
+            ``gymnasium.Env`` (:func:`relay.serve` wraps a factory of
+            ``dm_env.Environment`` in :func:`~relay.adapters.dm_env.serving_factory`
+            first), or a ``VectorEnv``.
         num_envs: the size when the client does not ask one (None: a
             ``VectorEnv`` instance or factory decides).
 
@@ -123,9 +125,9 @@ def vector_factory(env: Any, num_envs: int | None) -> VectorFactory:
         return _lent(env)
     if env is None or isinstance(env, str):
         return _by_id(env, num_envs)
-    from relay.adapters.dm_env import serving_factory
-
-    scalar = serving_factory(env)
+    if not callable(env):
+        raise ConfigError(f"cannot serve {env!r}: give an env id, a factory or a VectorEnv")
+    scalar = env
 
     def factory(env_id: str | None, n: int | None, mode: AutoresetMode | None,
                 kwargs: dict[str, Any]) -> Hosted:

@@ -23,12 +23,15 @@ def test_every_error_is_a_relay_error():
     assert issubclass(relay.ConnectionLost, ConnectionError)
 
 
-def test_import_opens_nothing_and_loads_no_plugin():
+def test_import_opens_nothing_and_loads_no_plugin_nor_dm_env():
+    heavy = ["dm_env", "dm_env_rpc", "grpc", "zmq", "websockets", "posix_ipc", "msgpack",
+             "relay_bench"]
     code = (
         "import sys, relay, relay.core.plugins as p;"
         "assert p._registry is None;"
-        "assert 'zmq' not in sys.modules and 'grpc' not in sys.modules;"
-        "assert 'websockets' not in sys.modules;"
-        "import gymnasium; assert 'relay/Remote-v0' in gymnasium.registry"
+        f"loaded = [m for m in {heavy!r} if m in sys.modules];"
+        "assert not loaded, f'import relay loaded {loaded}';"
+        "import gymnasium; assert 'relay/Remote-v0' in gymnasium.registry;"
+        "relay.make_dm_env; assert 'dm_env' in sys.modules"  # on first use
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

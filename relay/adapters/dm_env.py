@@ -25,7 +25,7 @@ the exact ``TimeStep``; from a Gymnasium env (no discount in ``info``),
 ``terminated`` gives LAST with discount 0.0, ``truncated`` LAST with 1.0, and
 a plain step MID with 1.0.  A reward whose spec is not a scalar travels in
 ``info["reward"]`` (the Gymnasium reward is its sum).  Specs travel as the
-space descriptions of :mod:`relay.core.specs` (exact for a dm_env server),
+space descriptions of :mod:`relay.adapters.specs` (exact for a dm_env server),
 reward and discount specs in ``Made.metadata["dm_env"]``.
 """
 
@@ -40,9 +40,10 @@ import dm_env
 import gymnasium as gym
 import numpy as np
 
+from relay.adapters import specs
+from relay.adapters.config import load_settings
 from relay.connection import ClientConnection
-from relay.core import spaces, specs
-from relay.core.config import resolve_settings
+from relay.core import spaces
 from relay.core.errors import ConfigError, RelayError
 from relay.core.messages import Close, Made, Make, Observation, Reset, Step, Transition
 from relay.core.url import URL, make_url
@@ -264,7 +265,7 @@ class RemoteDmEnv(dm_env.Environment):
         **env_kwargs: Any,
     ) -> None:
         self.url = make_url(url)
-        self.settings = resolve_settings(
+        self.settings = load_settings(
             self.url, codec=codec, timeout=timeout, connect_timeout=connect_timeout,
             max_message_size=max_message_size, token=token, zero_copy=zero_copy,
         )

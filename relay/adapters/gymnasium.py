@@ -26,9 +26,9 @@ import gymnasium as gym
 import numpy as np
 
 from relay.access import rng_from_state, rng_state, wrapper_spec_dict
+from relay.adapters.config import load_settings
 from relay.connection import ClientConnection
 from relay.core import spaces
-from relay.core.config import resolve_settings
 from relay.core.errors import ConfigError, EnvClosed, MissingDependency, NotAllowed, RelayError
 from relay.core.messages import (
     Call,
@@ -115,7 +115,7 @@ class RemoteEnv(gym.Env):
         given: dict[str, Any] = {
             "codec": codec, "timeout": timeout, "connect_timeout": connect_timeout,
             "max_message_size": max_message_size, "zero_copy": zero_copy}
-        self.settings = resolve_settings(self.url, token=token, **given)
+        self.settings = load_settings(self.url, token=token, **given)
         wrapper_dicts = [wrapper_spec_dict(w) for w in wrappers]
         # How to make this env again (check_env and gymnasium.make(spec) use it): every
         # argument but the token and the connection

@@ -35,9 +35,10 @@ from typing import Any, SupportsFloat
 
 import gymnasium as gym
 
+from relay.adapters.config import load_settings
 from relay.connection import ClientConnection, serve_channel
 from relay.core import spaces
-from relay.core.config import Settings, resolve_settings
+from relay.core.config import Settings
 from relay.core.errors import (
     CodecError,
     ConfigError,
@@ -113,7 +114,7 @@ class ListeningEnv(gym.Env):
         **env_kwargs: Any,
     ) -> None:
         self.url = make_url(url)
-        self.settings: Settings = resolve_settings(
+        self.settings: Settings = load_settings(
             self.url, codec=codec, timeout=timeout, connect_timeout=connect_timeout,
             max_message_size=max_message_size, token=token,
         )
@@ -449,7 +450,7 @@ def connect_env(
             call again to re-attach.
     """
     parsed = make_url(url)
-    resolved = resolve_settings(parsed, **settings)
+    resolved = load_settings(parsed, **settings)
     connection = EnvConnection(parsed, _factory(env), resolved)
     if block:
         connection.run()

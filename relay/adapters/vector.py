@@ -38,9 +38,9 @@ from gymnasium.vector.utils import (
 )
 from gymnasium.vector.vector_env import AutoresetMode, VectorEnv
 
+from relay.adapters.config import load_settings
 from relay.adapters.gymnasium import ENV_ID, RemoteEnv
 from relay.connection import ClientConnection
-from relay.core.config import resolve_settings
 from relay.core.errors import ConfigError, EnvClosed, NotReset, RelayError, SpaceMismatch
 from relay.core.messages import (
     Call,
@@ -605,7 +605,7 @@ def make_vec(
     settings = {k: kwargs[k] for k in SETTING_NAMES if k in kwargs}
 
     def connect(target: URL) -> ClientConnection:
-        return ClientConnection.open(target, resolve_settings(target, **settings))
+        return ClientConnection.open(target, load_settings(target, **settings))
 
     connections, failure = _all_at_once(connect, urls)
     try:

@@ -9,6 +9,10 @@ Precedence, highest first:
    current directory,
 5. the built-in default below.
 
+This module only merges the layers; the environment and the files are read
+by :func:`relay.adapters.config.load_settings`, which relay's public
+functions (``relay.make``, ``relay.serve``...) call.
+
 Query options that are not settings belong to the transport (each transport
 documents its own), so they are kept, not rejected.
 """
@@ -16,17 +20,14 @@ documents its own), so they are kept, not rejected.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from relay.core.errors import ConfigError
 from relay.core.url import URL
 
-__all__ = ["Settings", "resolve_settings", "file_settings"]
+__all__ = ["Settings", "resolve_settings"]
 
 MiB = 1 << 20
 
@@ -84,39 +85,28 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         ) from exc
 
 
-def file_settings(directory: Path | None = None) -> dict[str, Any]:
-    """Settings from ``relay.toml`` or ``[tool.relay]`` of ``pyproject.toml`` in ``directory``."""
-    directory = directory or Path.cwd()
-    relay_toml = directory / "relay.toml"
-    pyproject = directory / "pyproject.toml"
-    try:
-        if relay_toml.is_file():
-            return dict(tomllib.loads(relay_toml.read_text()))
-        if pyproject.is_file():
-            return dict(tomllib.loads(pyproject.read_text()).get("tool", {}).get("relay", {}))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"cannot read relay settings from {directory}: {exc}") from exc
-    return {}
-
-
 def resolve_settings(
     url: URL | None = None,
     *,
     environ: Mapping[str, str] | None = None,
-    directory: Path | None = None,
+    files: Mapping[str, Any] | None = None,
     **explicit: Any,
 ) -> Settings:
     """Settings for ``url`` after applying the precedence order of this module.
 
-    Explicit arguments whose value is None are treated as not given.
+    Args:
+        url: its query holds settings (and transport options, ignored here).
+        environ: environment variables (``RELAY_TIMEOUT``...); None: none.
+        files: the settings of ``relay.toml``/``[tool.relay]``; None: none.
+        **explicit: arguments; those whose value is None are treated as not given.
 
     Raises:
         ConfigError: a value cannot be converted, or an explicit name is unknown.
     """
-    environ = os.environ if environ is None else environ
+    environ = environ or {}
     values: dict[str, Any] = {}
     layers: list[tuple[str, Mapping[str, Any]]] = [
-        ("relay.toml/pyproject.toml", file_settings(directory)),
+        ("relay.toml/pyproject.toml", files or {}),
         ("environment", {
             name: environ[f"RELAY_{name.upper()}"]
             for name in _FIELDS if f"RELAY_{name.upper()}" in environ

@@ -1,7 +1,7 @@
 """Plugins: the pluggy hooks through which transports and codecs are registered.
 
 Built-ins are registered through the same hooks as third-party plugins
-(:mod:`relay.builtins`).  A third party names a module in the entry-point group
+(:class:`_Builtins`, below).  A third party names a module in the entry-point group
 ``relay``::
 
     [project.entry-points.relay]
@@ -93,6 +93,33 @@ class Entry:
     builtin: bool
 
 
+class _Builtins:
+    """relay's own transports, codecs and commands, registered through the public hooks."""
+
+    @hookimpl
+    def relay_register_transports(self, register: Register) -> None:
+        register("memory", "relay.transports.memory:MemoryTransport")
+        register("shm", "relay.transports.shm:ShmTransport", extra="posix-ipc")
+        register("zmq+tcp", "relay.transports.zmq:ZmqTransport", extra="pyzmq")
+        register("zmq+ipc", "relay.transports.zmq:ZmqTransport", extra="pyzmq")
+        register("grpc", "relay.transports.grpc:GrpcTransport", extra="grpcio")
+        register("grpcs", "relay.transports.grpc:GrpcTransport", extra="grpcio")
+        register("ws", "relay.transports.ws:WsTransport", extra="websockets")
+        register("wss", "relay.transports.ws:WsTransport", extra="websockets")
+
+    @hookimpl
+    def relay_register_codecs(self, register: Register) -> None:
+        register("msgpack", "relay.codecs.msgpack:MsgpackCodec", extra="msgpack")
+        register("json", "relay.codecs.json:JsonCodec")
+        register("gymie", "relay.compat.gymie:GymieProtocol", extra="websockets")
+        register("dm_env_rpc", "relay.compat.dm_env_rpc:DmEnvRpcCodec", extra="dm-env-rpc")
+
+    @hookimpl
+    def relay_register_commands(self, register: Register) -> None:
+        for name in ("bench", "cleanup", "demo", "plugins", "run", "serve"):
+            register(name, f"relay.cli:{name}")
+
+
 class _Registry:
     def __init__(self) -> None:
         self.transports: dict[str, Entry] = {}
@@ -103,9 +130,7 @@ class _Registry:
         self._lock = threading.Lock()
 
     def load(self) -> None:
-        import relay.builtins
-
-        self._load_plugin(relay.builtins, provider="relay-rl", builtin=True)
+        self._load_plugin(_Builtins(), provider="relay-rl", builtin=True)
         if os.environ.get("RELAY_DISABLE_PLUGINS", "").lower() in ("1", "true", "yes"):
             return
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):

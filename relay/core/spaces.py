@@ -9,7 +9,8 @@ descriptions without loss: the rebuilt space compares equal to the original
 Supported: Box (any dtype, infinite bounds), Discrete (with ``start``),
 MultiDiscrete (with ``start``), MultiBinary, Text (with its character order),
 Dict (key order kept), Tuple, Sequence (``stack``), Graph, OneOf, and
-registered extensions (MiniGrid's ``MissionSpace`` is built in).  Third-party
+registered extensions (MiniGrid's ``MissionSpace`` and :class:`StringArraySpace`,
+the space of dm_env's ``StringArray`` specs, are built in).  Third-party
 space classes are added with :func:`register_space`.
 """
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from relay.core.errors import CodecError, ConfigError
 
-__all__ = ["build", "describe", "register_space"]
+__all__ = ["StringArraySpace", "build", "describe", "describe_string_space", "register_space"]
 
 Description = dict[str, Any]
 
@@ -214,3 +215,63 @@ def _build_mission(d: Description) -> Any:
 
 register_space("minigrid.MissionSpace", "minigrid.core.mission:MissionSpace",
                _describe_mission, _build_mission)
+
+
+class StringArraySpace(gs.Space[np.ndarray]):
+    """A Gymnasium space of numpy string arrays of a fixed shape (dm_env ``StringArray``).
+
+    Values are numpy arrays of kind ``U`` (``str``) or ``S`` (``bytes``) of
+    shape ``shape``, and a plain ``str``/``bytes`` for shape ``()`` (so that
+    Gymnasium's ``data_equivalence``, which cannot compare string arrays, and
+    ``check_env`` work on it); ``sample`` gives short random ASCII strings.
+    """
+
+    def __init__(self, shape: tuple[int, ...], string_type: type = str,
+                 seed: int | np.random.Generator | None = None) -> None:
+        if string_type not in (str, bytes):
+            raise ValueError(f"string_type must be str or bytes, got {string_type!r}")
+        self.string_type = string_type
+        super().__init__(tuple(shape), np.dtype("U" if string_type is str else "S"), seed)
+
+    @property
+    def is_np_flattenable(self) -> bool:
+        return False
+
+    def sample(self, mask: Any = None, probability: Any = None) -> Any:
+        letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+        size = int(np.prod(self.shape or (), dtype=np.int64))
+        lengths = self.np_random.integers(0, 8, size)
+        words = ["".join(self.np_random.choice(letters, n)) for n in lengths]
+        array = np.array(words, dtype=str).reshape(self.shape)
+        if self.string_type is bytes:
+            array = np.char.encode(array, "ascii")
+        return array.item() if self.shape == () else array
+
+    def contains(self, x: Any) -> bool:
+        if isinstance(x, (str, bytes)) and self.shape == ():
+            return isinstance(x, self.string_type)
+        if not isinstance(x, np.ndarray) or x.shape != self.shape:
+            return False
+        if x.dtype.kind == ("U" if self.string_type is str else "S"):
+            return True
+        return x.dtype == object and all(isinstance(v, self.string_type) for v in x.flat)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, StringArraySpace) and other.shape == self.shape
+                and other.string_type is self.string_type)
+
+    def __repr__(self) -> str:
+        return f"StringArraySpace({self.shape}, {self.string_type.__name__})"
+
+
+def describe_string_space(space: StringArraySpace) -> Description:
+    """The description fields of a :class:`StringArraySpace`: ``shape``, ``string_type``."""
+    return {"shape": list(space.shape or ()), "string_type": space.string_type.__name__}
+
+
+def _build_string_space(d: Description) -> StringArraySpace:
+    return StringArraySpace(tuple(d["shape"]), bytes if d["string_type"] == "bytes" else str)
+
+
+register_space("dm_env.StringArray", "relay.core.spaces:StringArraySpace",
+               describe_string_space, _build_string_space)

@@ -11,9 +11,10 @@ import pytest
 import tree
 from dm_env import specs as S
 
+from relay.adapters import specs
 from relay.codecs.json import JsonCodec
 from relay.codecs.msgpack import MsgpackCodec
-from relay.core import spaces, specs
+from relay.core import spaces
 from relay.core.errors import CodecError
 from relay.core.messages import Envelope, Made
 
@@ -133,12 +134,12 @@ def test_not_a_spec() -> None:
 
 
 def test_string_array_space() -> None:
-    space = spaces.build(spaces.describe(specs.StringArraySpace((2, 2))))
-    assert space == specs.StringArraySpace((2, 2))
+    space = spaces.build(spaces.describe(spaces.StringArraySpace((2, 2))))
+    assert space == spaces.StringArraySpace((2, 2))
     space.seed(0)
     sample = space.sample()
     assert sample in space and sample.shape == (2, 2) and sample.dtype.kind == "U"
-    assert np.array(["a", 1], dtype=object).reshape(1, 2) not in specs.StringArraySpace((1, 2))
+    assert np.array(["a", 1], dtype=object).reshape(1, 2) not in spaces.StringArraySpace((1, 2))
 
 
 def test_structure_mismatch_is_codec_error() -> None:

@@ -1,5 +1,7 @@
 """dm_env specs <-> relay space descriptions <-> Gymnasium spaces, and their values.
 
+The only module besides :mod:`relay.adapters.dm_env` that imports ``dm_env``.
+
 A dm_env spec nest (``Array``, ``BoundedArray``, ``DiscreteArray``,
 ``StringArray`` leaves inside dicts, ``OrderedDict``s, tuples and lists) is
 described as the Gymnasium space that holds the same values (see
@@ -16,7 +18,7 @@ dm_env spec                            Gymnasium space (description type)
 ``Array`` bool                         ``Box(False, True, dtype=bool)``
 ``BoundedArray``                       ``Box(minimum, maximum)`` (broadcast)
 ``DiscreteArray(n, dtype)``            ``Discrete(n, dtype=dtype)``
-``StringArray(shape, str|bytes)``      :class:`StringArraySpace` (``dm_env.StringArray``)
+``StringArray(shape, str|bytes)``      :class:`~relay.core.spaces.StringArraySpace`
 dict / ``OrderedDict``                 ``Dict`` (the spec's key order is kept in
                                        the description; Gymnasium sorts keys)
 tuple / list                           ``Tuple``
@@ -63,10 +65,10 @@ from dm_env import specs as dm_specs
 
 from relay.core import spaces
 from relay.core.errors import CodecError
+from relay.core.spaces import StringArraySpace, describe_string_space
 
 __all__ = [
     "HINT",
-    "StringArraySpace",
     "default_discount_spec",
     "default_reward_spec",
     "describe_spec",
@@ -93,65 +95,6 @@ def default_discount_spec() -> dm_specs.BoundedArray:
                                  name="discount")
 
 
-class StringArraySpace(gs.Space[np.ndarray]):
-    """A Gymnasium space of numpy string arrays of a fixed shape (dm_env ``StringArray``).
-
-    Values are numpy arrays of kind ``U`` (``str``) or ``S`` (``bytes``) of
-    shape ``shape``, and a plain ``str``/``bytes`` for shape ``()`` (so that
-    Gymnasium's ``data_equivalence``, which cannot compare string arrays, and
-    ``check_env`` work on it); ``sample`` gives short random ASCII strings.
-    """
-
-    def __init__(self, shape: tuple[int, ...], string_type: type = str,
-                 seed: int | np.random.Generator | None = None) -> None:
-        if string_type not in (str, bytes):
-            raise ValueError(f"string_type must be str or bytes, got {string_type!r}")
-        self.string_type = string_type
-        super().__init__(tuple(shape), np.dtype("U" if string_type is str else "S"), seed)
-
-    @property
-    def is_np_flattenable(self) -> bool:
-        return False
-
-    def sample(self, mask: Any = None, probability: Any = None) -> Any:
-        letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
-        size = int(np.prod(self.shape or (), dtype=np.int64))
-        lengths = self.np_random.integers(0, 8, size)
-        words = ["".join(self.np_random.choice(letters, n)) for n in lengths]
-        array = np.array(words, dtype=str).reshape(self.shape)
-        if self.string_type is bytes:
-            array = np.char.encode(array, "ascii")
-        return array.item() if self.shape == () else array
-
-    def contains(self, x: Any) -> bool:
-        if isinstance(x, (str, bytes)) and self.shape == ():
-            return isinstance(x, self.string_type)
-        if not isinstance(x, np.ndarray) or x.shape != self.shape:
-            return False
-        if x.dtype.kind == ("U" if self.string_type is str else "S"):
-            return True
-        return x.dtype == object and all(isinstance(v, self.string_type) for v in x.flat)
-
-    def __eq__(self, other: object) -> bool:
-        return (isinstance(other, StringArraySpace) and other.shape == self.shape
-                and other.string_type is self.string_type)
-
-    def __repr__(self) -> str:
-        return f"StringArraySpace({self.shape}, {self.string_type.__name__})"
-
-
-def _describe_string_space(space: StringArraySpace) -> Description:
-    return {"shape": list(space.shape or ()), "string_type": space.string_type.__name__}
-
-
-def _build_string_space(d: Description) -> StringArraySpace:
-    return StringArraySpace(tuple(d["shape"]), bytes if d["string_type"] == "bytes" else str)
-
-
-spaces.register_space("dm_env.StringArray", "relay.core.specs:StringArraySpace",
-                      _describe_string_space, _build_string_space)
-
-
 # -- specs -> descriptions ---------------------------------------------------------
 
 def describe_spec(spec: Any) -> Description:
@@ -173,7 +116,7 @@ def describe_spec(spec: Any) -> Description:
     hint = {"kind": type(spec).__name__, "name": spec.name}
     if isinstance(spec, dm_specs.StringArray):
         hint["kind"] = "StringArray"
-        return {**_describe_string_space(StringArraySpace(spec.shape, spec.string_type)),
+        return {**describe_string_space(StringArraySpace(spec.shape, spec.string_type)),
                 "type": "dm_env.StringArray", HINT: hint}
     if isinstance(spec, dm_specs.DiscreteArray):
         hint["kind"] = "DiscreteArray"
