@@ -155,7 +155,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -410,15 +410,19 @@ def sweep_orphans(directory: Path = _SHM_DIR) -> list[str]:
     return removed
 
 
-def sweep_sockets() -> list[str]:
+def sweep_sockets(names: Iterable[str] | None = None) -> list[str]:
     """Remove rendezvous socket files in this user's directory that nobody listens on.
+
+    Args:
+        names: only the socket files of these ``shm://`` names (default: all).
 
     Returns:
         The removed paths.
     """
     removed: list[str] = []
     try:
-        paths = sorted(_runtime_dir().glob("*.sock"))
+        paths = (sorted(_runtime_dir().glob("*.sock")) if names is None
+                 else [socket_path(name) for name in names])
     except (OSError, TransportError):
         return removed
     for path in paths:

@@ -7,6 +7,7 @@ import os
 import secrets
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -474,6 +475,24 @@ def test_relay_cleanup_removes_the_socket_of_a_killed_listener() -> None:
     assert result.returncode == 0, result.stderr
     assert f"removed {socket_path(name)}" in result.stdout
     assert not socket_path(name).exists()
+
+
+def test_sweep_sockets_of_given_names_removes_only_their_stale_files() -> None:
+    from relay.transports.shm import sweep_sockets
+
+    stale = [unique_name(), unique_name()]
+    for name in stale:  # a socket file nobody listens on (a killed server's)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(socket_path(name)))
+        sock.close()
+    with relay.serve("CartPole-v1", f"shm://{unique_name()}") as live:
+        try:
+            removed = sweep_sockets([stale[0], live.address.address])
+            assert removed == [str(socket_path(stale[0]))]
+            assert socket_path(live.address.address).exists()
+            assert socket_path(stale[1]).exists()  # not named: left alone
+        finally:
+            socket_path(stale[1]).unlink()
 
 
 def test_client_killed_mid_step_server_keeps_serving() -> None:

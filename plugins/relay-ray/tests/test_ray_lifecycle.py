@@ -52,7 +52,7 @@ def test_killed_actor_is_lost_by_index_then_restarted_and_reconnected(nodes):
         try:
             remote.reset(seed=0)
             local.reset(seed=0)
-            old = pool._infos[1]
+            old = pool.infos[1]
             os.kill(old["pid"], signal.SIGKILL)
             lost, seconds = step_until_lost(remote, ZEROS)
             local.step(ZEROS)  # the step in which 0 and 2 stepped and 1 and 3 failed
@@ -62,7 +62,7 @@ def test_killed_actor_is_lost_by_index_then_restarted_and_reconnected(nodes):
             obs_r, _ = remote.reset(seed=[None, 21, None, 23], options={"reset_mask": mask})
             obs_l, _ = local.reset(seed=[None, 21, None, 23], options={"reset_mask": mask})
             np.testing.assert_array_equal(obs_r, obs_l)
-            new = pool._infos[1]
+            new = pool.infos[1]
             assert new["pid"] != old["pid"] and pool.urls[1] != old["network_url"]
             local.action_space.seed(0)
             for _ in range(50):
@@ -80,7 +80,7 @@ def test_removed_node_is_lost_then_the_actor_restarts_on_another_node(nodes):
     doomed = nodes.cluster.add_node(num_cpus=1, resources={"spare": 1})
     with relay_ray.ActorPool("CartPole-v1", 1, num_cpus=0, resources={"spare": 1},
                              max_restarts=1) as pool:
-        assert pool._infos[0]["node_id"] == doomed.node_id
+        assert pool.infos[0]["node_id"] == doomed.node_id
         spare = nodes.cluster.add_node(num_cpus=1, resources={"spare": 1})
         envs = pool.make_vec(num_envs=2)
         try:
@@ -91,7 +91,7 @@ def test_removed_node_is_lost_then_the_actor_restarts_on_another_node(nodes):
             obs, _ = envs.reset(seed=4)
             want, _ = gym.make("CartPole-v1").reset(seed=5)
             np.testing.assert_array_equal(obs[1], want)
-            assert pool._infos[0]["node_id"] == spare.node_id
+            assert pool.infos[0]["node_id"] == spare.node_id
         finally:
             envs.close()
     nodes.cluster.remove_node(spare)
@@ -149,7 +149,7 @@ def test_close_closes_envs_and_leaves_no_actor_socket_or_segment(nodes, tmp_path
         clients.append(relay.make(remote.urls[0], index=2))
         for client in clients:
             client.reset(seed=0)
-        os.kill(pool._infos[2]["pid"], signal.SIGKILL)  # its env is never closed
+        os.kill(pool.infos[2]["pid"], signal.SIGKILL)  # its env is never closed
         assert relay_leftovers() - before  # the servers' socket files
     finally:
         pool.close()  # the clients are still connected: the servers close their envs

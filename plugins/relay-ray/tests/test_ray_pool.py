@@ -12,13 +12,14 @@ import relay_ray
 from gymnasium.vector import SyncVectorEnv
 
 import relay
+from relay.testing import run_both
 
 
 def test_actors_land_where_their_resources_say(nodes):
     with relay_ray.ActorPool("CartPole-v1", 3, num_cpus=0, resources={"a": 1}) as on_a, \
             relay_ray.ActorPool("CartPole-v1", 2, num_cpus=0, resources={"b": 1}) as on_b:
-        assert {info["node_id"] for info in on_a._infos} == {nodes.a}
-        assert {info["node_id"] for info in on_b._infos} == {nodes.b}
+        assert {info["node_id"] for info in on_a.infos} == {nodes.a}
+        assert {info["node_id"] for info in on_b.infos} == {nodes.b}
         for url in on_a.urls + on_b.urls:  # other nodes than the driver's: a network URL
             parsed = relay.make_url(url)
             assert parsed.scheme == "tcp" and parsed.host == "127.0.0.1"
@@ -29,14 +30,14 @@ def test_actors_land_where_their_resources_say(nodes):
 def test_spread_placement_uses_both_workers(nodes):
     with relay_ray.ActorPool("CartPole-v1", 4, num_cpus=1, resources={"worker": 1},
                              placement="SPREAD") as pool:
-        where = [info["node_id"] for info in pool._infos]
+        where = [info["node_id"] for info in pool.infos]
         assert sorted(where) == sorted([nodes.a, nodes.a, nodes.b, nodes.b])
 
 
 def test_actors_on_the_learners_node_use_shm(nodes):
     with relay_ray.ActorPool("CartPole-v1", 2, num_cpus=0, resources={"head": 1}) as pool:
         assert all(url.startswith("shm://relay-ray-") for url in pool.urls)
-        assert {info["node_id"] for info in pool._infos} == {nodes.head}
+        assert {info["node_id"] for info in pool.infos} == {nodes.head}
         envs = pool.make_vec()
         try:
             obs, _ = envs.reset(seed=0)
@@ -74,15 +75,7 @@ def test_pool_of_four_steps_equal_to_local_envs(nodes):
         remote = pool.make_vec()
         local = SyncVectorEnv([lambda: gym.make("CartPole-v1") for _ in range(4)])
         try:
-            obs_r, _ = remote.reset(seed=11)
-            obs_l, _ = local.reset(seed=11)
-            np.testing.assert_array_equal(obs_r, obs_l)
-            local.action_space.seed(3)
-            for _ in range(300):
-                actions = local.action_space.sample()
-                got, want = remote.step(actions), local.step(actions)
-                for g, w in zip(got[:4], want[:4], strict=True):
-                    np.testing.assert_array_equal(g, w)
+            assert run_both(remote, local, steps=300, seed=11, actions_seed=3) > 0
         finally:
             remote.close()
             local.close()

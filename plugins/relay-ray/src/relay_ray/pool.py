@@ -9,9 +9,7 @@ transport (``tcp://`` by default) elsewhere, never through per-step Ray calls.
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
-import socket
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Self
@@ -214,6 +212,14 @@ class ActorPool:
         return list(self._actors)
 
     @property
+    def infos(self) -> list[dict[str, Any]]:
+        """What each actor reported when last asked (at start, or by :meth:`url`):
+        ``node_id`` and ``node_ip`` of its Ray node, ``pid``, ``network_url``,
+        ``shm_url`` (None off the creator's node), ``index`` and the pool's
+        settings."""
+        return [dict(info) for info in self._infos]
+
+    @property
     def urls(self) -> list[str]:
         """One URL per actor, as last reported by the actors (see :meth:`url`)."""
         return [self._url_of(info) for info in self._infos]
@@ -315,8 +321,10 @@ class ActorPool:
             with contextlib.suppress(ray.exceptions.RayError, ValueError):
                 remove_placement_group(self._placement_group)
         if self._meta["learner_node"] == ray.get_runtime_context().get_node_id():
-            for index in range(self.num_actors):
-                _remove_stale_socket(f"relay-ray-{self._meta['pool_id']}-{index}")
+            from relay.transports.shm import sweep_sockets
+
+            sweep_sockets(f"relay-ray-{self._meta['pool_id']}-{index}"
+                          for index in range(self.num_actors))
 
     def __enter__(self) -> Self:
         return self
@@ -390,21 +398,3 @@ def _wait(actors: Sequence[Any], timeout: float, bundle: Mapping[str, float]
             lines = [line for line in str(exc).splitlines() if line.strip()]
             raise relay.ConfigError(f"an actor failed to start: {lines[-1]}") from exc
         raise relay.ConnectError(f"an actor died while starting: {exc}") from exc
-
-
-def _remove_stale_socket(name: str) -> None:
-    """Remove the ``shm://name`` socket file if nobody listens on it (a killed server's)."""
-    from relay.transports.shm import socket_path
-
-    path = str(socket_path(name))
-    if not os.path.exists(path):
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-    finally:
-        probe.close()
