@@ -20,7 +20,7 @@ to finish, with ``info["env_id"]``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from copy import deepcopy
 from typing import Any
@@ -49,6 +49,7 @@ from relay.core.messages import (
     StepBatch,
     TransitionBatch,
 )
+from relay.core.url import URL, make_url
 
 __all__ = ["RemoteBatchVectorEnv"]
 
@@ -108,6 +109,10 @@ class RemoteBatchVectorEnv(VectorEnv[Any, Any, Any]):
         render_mode: each served env's render mode (not ``"human"``).
         env_kwargs: keyword arguments of each server's ``gymnasium.make_vec``
             (or of its factory), e.g. ``vectorization_mode="sync"``.
+        resolve_url: ``resolve_url(offset) -> URL`` of the server of the block
+            starting at sub-env ``offset``, asked when :meth:`reset` reconnects
+            a server whose connection was lost (a restarted server may listen
+            elsewhere); None: the same URL.
 
     Raises:
         ConfigError: a bad size or mode, or the servers' sizes cannot give ``num_envs``.
@@ -129,8 +134,10 @@ class RemoteBatchVectorEnv(VectorEnv[Any, Any, Any]):
         copy: bool = True,
         render_mode: str | None = None,
         env_kwargs: dict[str, Any] | None = None,
+        resolve_url: Callable[[int], str | URL] | None = None,
     ) -> None:
         self._parts = [_Part(c, u) for c, u in zip(connections, urls, strict=True)]
+        self._resolve_url = resolve_url
         self._pool: ThreadPoolExecutor | None = None
         try:
             self._make(env_id, num_envs, autoreset_mode, render_mode, dict(env_kwargs or {}))
@@ -165,6 +172,7 @@ class RemoteBatchVectorEnv(VectorEnv[Any, Any, Any]):
                               "'rgb_array' and show the frames of render()")
         if render_mode is not None:
             kwargs["render_mode"] = render_mode
+        self._remake = (env_id, kwargs, mode)
         made = self._exchange([
             MakeBatch(env_id=env_id, kwargs=kwargs, num_envs=size, autoreset_mode=mode)
             for size in sizes], make=True)
@@ -220,9 +228,18 @@ class RemoteBatchVectorEnv(VectorEnv[Any, Any, Any]):
             ValueError, TypeError: a seed list of the wrong length, a bad reset_mask.
             RemoteError, Timeout, ConnectionLost: the first failing server's,
                 naming its sub-envs (after every server answered).
+            ConnectError: a server whose connection was lost cannot be reached
+                (yet); nothing is reset, the next ``reset`` tries again.
+
+        A server whose connection was lost (a ``ConnectionLost`` earlier) is
+        first connected anew (at ``resolve_url``, see the class) and makes
+        its block of sub-envs again.
         """
         self._check_idle()
         parts = self._parts
+        for part in parts:
+            if part.connection.closed:
+                self._reconnect(part)
         if isinstance(seed, (int, np.integer)):
             super().reset(seed=int(seed))
             seeds: list[Any] = [int(seed) + part.offset for part in parts]
@@ -422,6 +439,38 @@ class RemoteBatchVectorEnv(VectorEnv[Any, Any, Any]):
         return f"RemoteBatchVectorEnv({', '.join(self.urls)}, num_envs={self.num_envs})"
 
     # -- helpers ----------------------------------------------------------------------
+
+    def _reconnect(self, part: _Part) -> None:
+        """Connect ``part`` anew and make its vector instance again (same size and spaces).
+
+        Raises:
+            ConnectError, Timeout, RemoteError, RelayError: named by the part's
+                sub-envs; the part keeps a closed connection (the next reset retries).
+        """
+        env_id, kwargs, mode = self._remake
+        url = part.url if self._resolve_url is None else self._resolve_url(part.offset)
+        lost = part.connection
+        try:
+            part.connection = ClientConnection.open(make_url(url), lost.settings)
+        except RelayError as exc:
+            raise part.error(exc) from exc
+        try:
+            answer = self._exchange([MakeBatch(env_id=env_id, kwargs=kwargs,
+                                               num_envs=part.num_envs, autoreset_mode=mode)],
+                                    [part], make=True)[0]  # (errors named by the part)
+            assert isinstance(answer, MadeBatch)
+            if (answer.num_envs != part.num_envs
+                    or spaces.build(answer.observation_space) != self.single_observation_space
+                    or spaces.build(answer.action_space) != self.single_action_space):
+                raise part.error(RelayError(
+                    f"the vector env on {url} is not the one the lost server hosted "
+                    f"({answer.num_envs} envs, or other spaces)"))
+        except BaseException:
+            part.connection.close()
+            raise
+        lost.close()
+        part.instance, part.url = answer.instance, make_url(url).render()
+        self.urls = [p.url for p in self._parts]
 
     def _out(self, obs: Any) -> Any:
         zero_copy = self._parts[0].connection.settings.zero_copy

@@ -615,7 +615,7 @@ def make_vec(
                    for c in connections]
         if all(batched):
             options = {k: kwargs.pop(k) for k in ("autoreset_mode", "batch_size", "copy",
-                                                  "render_mode") if k in kwargs}
+                                                  "render_mode", "resolve_url") if k in kwargs}
             env_kwargs = {k: v for k, v in kwargs.items()
                           if k not in SETTING_NAMES and k != "share_connections"}
             return RemoteBatchVectorEnv(connections, [u.render() for u in urls], env_id,

@@ -334,3 +334,39 @@ def test_envpool_served_equals_local_envpool(serve_tcp):
     finally:
         remote.close()
         local.close()
+
+
+def test_reset_reconnects_a_lost_server_and_makes_its_block_again():
+    """The second server goes away: its block's step fails naming sub-envs 2..3; a
+    reset while it is down is a ConnectError naming them; once a server is back (at
+    the URL resolve_url gives), reset makes the block again, equal to a local one."""
+    servers = [relay.serve("CartPole-v1", "shm://0", num_envs=2) for _ in range(2)]
+    moved: dict[int, relay.URL] = {}
+    remote = relay.make_vec([s.address for s in servers], connect_timeout=0.5,
+                            resolve_url=lambda offset: moved.get(offset, servers[1].address))
+    local = [gym.make_vec("CartPole-v1", num_envs=2) for _ in range(2)]
+    try:
+        remote.reset(seed=0)
+        servers[1].close()
+        with pytest.raises(relay.ConnectionLost, match=r"sub-environments 2\.\.3"):
+            remote.step(np.zeros(4, dtype=np.int64))
+        with pytest.raises(relay.ConnectError, match=r"sub-environments 2\.\.3"):
+            remote.reset(seed=0)
+        servers.append(relay.serve("CartPole-v1", "shm://0", num_envs=2))
+        moved[2] = servers[-1].address
+        obs, _ = remote.reset(seed=10)
+        np.testing.assert_array_equal(obs, np.concatenate(
+            [local[0].reset(seed=10)[0], local[1].reset(seed=12)[0]]))
+        assert remote.urls[1] == servers[-1].address.render()
+        for t in range(20):
+            actions = np.array([t % 2, 1, 0, (t // 3) % 2])
+            got = remote.step(actions)
+            want = local[0].step(actions[:2]), local[1].step(actions[2:])
+            for k in range(4):
+                np.testing.assert_array_equal(got[k], np.concatenate([want[0][k], want[1][k]]))
+    finally:
+        remote.close()
+        for env in local:
+            env.close()
+        for server in servers:
+            server.close()
