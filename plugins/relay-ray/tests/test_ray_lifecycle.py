@@ -76,6 +76,24 @@ def test_killed_actor_is_lost_by_index_then_restarted_and_reconnected(nodes):
 
 
 @pytest.mark.slow
+def test_killed_batched_actor_is_lost_by_block_then_its_block_is_made_again(nodes):
+    with relay_ray.ActorPool("CartPole-v1", 2, 3, num_cpus=0, resources={"worker": 1},
+                             max_restarts=1) as pool:
+        remote = pool.make_vec()
+        try:
+            remote.reset(seed=0)
+            os.kill(pool.infos[1]["pid"], signal.SIGKILL)
+            lost, seconds = step_until_lost(remote, np.zeros(6, dtype=np.int64))
+            assert seconds < 1.0 and "sub-environments 3..5" in str(lost)
+            obs, _ = remote.reset(seed=40)
+            local = gym.make_vec("CartPole-v1", num_envs=3)
+            np.testing.assert_array_equal(obs[3:], local.reset(seed=43)[0])
+            assert remote.step(np.ones(6, dtype=np.int64))[1].tolist() == [1.0] * 6
+        finally:
+            remote.close()
+
+
+@pytest.mark.slow
 def test_removed_node_is_lost_then_the_actor_restarts_on_another_node(nodes):
     doomed = nodes.cluster.add_node(num_cpus=1, resources={"spare": 1})
     with relay_ray.ActorPool("CartPole-v1", 1, num_cpus=0, resources={"spare": 1},

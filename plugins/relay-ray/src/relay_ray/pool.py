@@ -278,10 +278,11 @@ class ActorPool:
         URL (:meth:`url`).
 
         Batched actors give a :class:`relay.adapters.batch.RemoteBatchVectorEnv`:
-        actor ``a`` steps sub-envs ``a * n .. a * n + n - 1`` in one message
-        (``n`` its share of ``num_envs``).  A dead actor's block raises
-        ``ConnectionLost`` naming those sub-envs; after a restart, call
-        ``make_vec`` again.
+        actor ``a`` steps a contiguous block of sub-envs in one message
+        (``num_envs_per_actor`` each by default, else near-equal shares of
+        ``num_envs``).  A dead actor's block raises ``ConnectionLost`` naming
+        those sub-envs; after Ray's restart, ``reset`` makes the block again
+        on the restarted actor.
 
         Args:
             num_envs: sub-environments (default ``num_actors * num_envs_per_actor``).
@@ -290,7 +291,13 @@ class ActorPool:
         """
         settings = {key: value for key, value in self._client.items() if value is not None}
         if self._meta.get("batched"):
-            return relay.make_vec(self.urls, num_envs=num_envs, **{**settings, **kwargs})
+            n = self.num_actors
+            sizes = ([self.num_envs_per_actor] * n if num_envs is None
+                     else [num_envs // n + (k < num_envs % n) for k in range(n)])
+            actor_at = {sum(sizes[:a]): a for a in range(n)}  # a block's first sub-env
+            return relay.make_vec(self.urls, num_envs=num_envs,
+                                  resolve_url=lambda offset: self.url(actor_at[offset]),
+                                  **{**settings, **kwargs})
         return relay.make_vec(
             self.urls, num_envs=num_envs or self.num_actors * self.num_envs_per_actor,
             resolve_url=lambda i: self.url(i % self.num_actors), **{**settings, **kwargs})
