@@ -462,8 +462,9 @@ class RemoteBatchVectorEnv(VectorEnv[Any, Any, Any]):
             if (answer.num_envs != part.num_envs
                     or spaces.build(answer.observation_space) != self.single_observation_space
                     or spaces.build(answer.action_space) != self.single_action_space):
-                raise part.error(RelayError(
-                    f"the vector env on {url} is not the one the lost server hosted "
+                raise part.error(SpaceMismatch(
+                    f"the vector env on {make_url(url).render()} is not the one the lost server "
+                    "hosted "
                     f"({answer.num_envs} envs, or other spaces)"))
         except BaseException:
             part.connection.close()

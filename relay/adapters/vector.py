@@ -304,10 +304,10 @@ class RemoteVectorEnv(VectorEnv[Any, Any, np.ndarray]):
                                           **kwargs))
                     for name in ("observation_space", "action_space"):
                         if getattr(made[-1], name) != getattr(self, f"single_{name}"):
-                            raise RelayError(f"the new server at {mask_secrets(str(url))} "
-                                             f"has the {name} "
-                                             f"{getattr(made[-1], name)}, not "
-                                             f"{getattr(self, f'single_{name}')}")
+                            raise SpaceMismatch(f"the new server at {mask_secrets(str(url))} "
+                                                f"has the {name} "
+                                                f"{getattr(made[-1], name)}, not "
+                                                f"{getattr(self, f'single_{name}')}")
             except RelayError as exc:
                 _close_all(made)
                 failures.update((i, _indexed(exc, i, url)) for i in group)
