@@ -212,3 +212,32 @@ def test_detached_pool_from_the_cli_is_found_by_another_driver(nodes):
     assert stopped.returncode == 0, stopped.stderr
     with pytest.raises(relay_ray.PoolNotFound):
         relay_ray.lookup("shared", "relay-ray-cli")
+
+
+@pytest.mark.slow
+def test_cli_serve_prints_urls_then_closes_the_pool_on_ctrl_c(nodes):
+    server = subprocess.Popen(
+        [sys.executable, "-m", "relay", "ray", "serve", "CartPole-v1", "--actors", "2",
+         "--num-cpus", "0", "--resource", "worker=1", "--name", "foreground",
+         "--address", nodes.cluster.address, "--namespace", "relay-ray-cli"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        urls = [server.stdout.readline().strip() for _ in range(2)]
+        for url in urls:
+            env = relay.make(url)
+            try:
+                assert env.reset(seed=0)[0].shape == (4,)
+            finally:
+                env.close()
+        actors = relay_ray.lookup("foreground", "relay-ray-cli").actors
+        server.send_signal(signal.SIGINT)
+        assert server.wait(30) == 0, server.stderr.read()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+    for actor in actors:  # the command exited 0 and its actors are gone
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(actor.info.remote(), timeout=10)
+    with pytest.raises(relay_ray.PoolNotFound):
+        relay_ray.lookup("foreground", "relay-ray-cli")
