@@ -12,10 +12,15 @@ batching, infos and autoreset modes), except that a vector
 awaited (:meth:`~relay.connection.ClientConnection.receive`).  Envs on one
 connection are stepped one after the other by one server thread, their
 requests back to back; several URLs spread them over several server
-processes or machines, which step at the same time.
+processes or machines, which step at the same time.  ``call``/``get_attr``/
+``set_attr`` reach the served envs' own methods and attributes (the names
+their servers allow, :mod:`relay.access`), ``np_random_seed``/``np_random``
+are tuples of the served envs', and ``observation_mode`` and the errors are
+those of ``SyncVectorEnv``.
 
 Peer-protocol connections (codec ``dm_env_rpc`` or ``gymie``) offer only
-``call``: their sub-environments are driven one after the other.
+``ClientConnection.call``: their sub-environments are driven one after the
+other, and the served envs' own methods are out of reach.
 """
 
 from __future__ import annotations
