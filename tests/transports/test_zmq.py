@@ -155,12 +155,27 @@ def test_server_killed_mid_episode(kind, tmp_path, server_process):
     env.close()
 
 
+def _wait_until_stopped(pid: int) -> None:
+    """Wait until every thread of process ``pid`` is stopped (state T in /proc)."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        states = set()
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/task/{task}/stat") as f:
+                states.add(f.read().rsplit(")", 1)[1].split()[0])
+        if states <= {"T", "t"}:
+            return
+        assert time.monotonic() < deadline, f"process {pid} did not stop: {states}"
+        time.sleep(0.005)
+
+
 def test_frozen_server_is_a_timeout_within_the_deadline(server_process):
     proc, address = server_process("zmq+tcp://127.0.0.1:0")
     env = relay.make(address, timeout=1.0)
     env.reset(seed=0)
     proc.send_signal(signal.SIGSTOP)
     try:
+        _wait_until_stopped(proc.pid)  # a spinning thread may run on until it is
         start = time.monotonic()
         with pytest.raises(Timeout):
             env.step(0)
