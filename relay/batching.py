@@ -26,6 +26,7 @@ exception names the sub-env's index (``Error.env_index``).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -33,9 +34,11 @@ from typing import Any, NamedTuple
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 
+from relay.access import Access, serve_call
 from relay.core.errors import ConfigError
+from relay.core.messages import Call, Returned
 
-__all__ = ["Hosted", "SubEnvError", "VectorFactory", "vector_factory"]
+__all__ = ["Hosted", "SubEnvError", "VectorFactory", "serve_vector_call", "vector_factory"]
 
 
 class Hosted(NamedTuple):
@@ -102,6 +105,29 @@ def _checked(env: VectorEnv, num_envs: int | None, mode: AutoresetMode | None) -
         return env
     env.close()
     raise ConfigError(problem)
+
+
+def serve_vector_call(env: VectorEnv, call: Call, access: Access) -> Returned:
+    """Answer a ``Call`` on sub-env ``call.index`` of a vector instance, as
+    :func:`relay.access.serve_call` on a single env (the same allowed names).
+
+    The sub-envs are those of a served ``SyncVectorEnv`` (its ``envs``); a
+    vector env without sub-env objects (CartPole's ``CartPoleVectorEnv``,
+    EnvPool) has none to reach, as locally (Gymnasium's ``VectorEnv`` has no
+    ``call``).
+
+    Raises:
+        ConfigError: no index, an index out of range, or no sub-env objects.
+        NotAllowed, Exception: as :func:`relay.access.serve_call`.
+    """
+    subs = getattr(env, "envs", None)
+    if not isinstance(subs, list):
+        raise ConfigError(f"the served vector env ({type(env).__name__}) has no sub-env objects "
+                          "to call (serve it with vectorization_mode='sync' for that)")
+    if call.index is None or not 0 <= call.index < len(subs):
+        raise ConfigError(f"a Call on a vector instance names a sub-env 0..{len(subs) - 1} in "
+                          f"index, got {call.index!r}")
+    return serve_call(subs[call.index], dataclasses.replace(call, index=None), access)
 
 
 def vector_factory(env: Any, num_envs: int | None) -> VectorFactory:

@@ -22,7 +22,7 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space, iterate
 
 from relay.access import Access, apply_wrappers, serve_call
-from relay.batching import Hosted, SubEnvError, VectorFactory
+from relay.batching import Hosted, SubEnvError, VectorFactory, serve_vector_call
 from relay.core import spaces
 from relay.core.config import Settings
 from relay.core.errors import ConfigError, ConnectionLost, NotAllowed, RelayError, Timeout
@@ -178,6 +178,8 @@ class EnvHost:
                         return Frame(frame=self._vectors[i].env.render())
                     return Frame(frame=self._env(i).render())
                 case Call(instance=i):
+                    if i in self._vectors:
+                        return serve_vector_call(self._vectors[i].env, request, self._access)
                     return serve_call(self._env(i), request, self._access)
                 case Close(instance=i):
                     closing = self._envs.pop(i, None)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from copy import deepcopy
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -37,6 +37,7 @@ from relay.connection import ClientConnection, Pending
 from relay.core import spaces
 from relay.core.errors import ConfigError, EnvClosed, RelayError, SpaceMismatch
 from relay.core.messages import (
+    Call,
     Close,
     Frame,
     MadeBatch,
@@ -46,6 +47,7 @@ from relay.core.messages import (
     Request,
     ResetBatch,
     Response,
+    Returned,
     StepBatch,
     TransitionBatch,
 )
@@ -417,19 +419,61 @@ class RemoteBatchVectorEnv(VectorEnv[Any, Any, Any]):
         return tuple(out)
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
-        raise NotImplementedError(
-            f"call({name!r}) on a served vector env needs relay's allow-listed "
-            "env-method call message, which the protocol does not have yet")
+        """Each sub-env's ``name``: called with the arguments if it is a method, as is
+        otherwise (as ``SyncVectorEnv.call``).
+
+        ``observation_space``, ``action_space``, ``metadata`` and
+        ``render_mode`` are answered here; any other name is asked of every
+        sub-env of the served ``SyncVectorEnv``s (one ``Call`` each, all sent
+        before the first answer is read), for the names the servers allow.
+
+        Raises:
+            NotAllowed: a server does not allow ``name`` (its ``allow_calls``).
+            ConfigError: a server lacks the ``call`` capability; RemoteError: a
+                served vector env without sub-env objects (CartPole's, EnvPool).
+            RemoteEnvError, Timeout, ConnectionLost: as :meth:`step`.
+        """
+        local = {"observation_space": self.single_observation_space,
+                 "action_space": self.single_action_space, "metadata": self.metadata,
+                 "render_mode": self.render_mode}
+        if name in local:
+            return (local[name],) * self.num_envs
+        return self._call_remote(name, "call", [list(args)] * self.num_envs, kwargs)
 
     def get_attr(self, name: str) -> tuple[Any, ...]:
-        raise NotImplementedError(
-            f"get_attr({name!r}) on a served vector env needs relay's allow-listed "
-            "env-method call message, which the protocol does not have yet")
+        """Each sub-env's attribute ``name``: :meth:`call` without arguments."""
+        return self.call(name)
 
     def set_attr(self, name: str, values: Any) -> None:
-        raise NotImplementedError(
-            f"set_attr({name!r}) on a served vector env needs relay's allow-listed "
-            "env-method call message, which the protocol does not have yet")
+        """Set ``name`` on every sub-env: one value each (a list or tuple of
+        ``num_envs``) or one value for all.
+
+        Raises:
+            ValueError: not ``num_envs`` values.
+            NotAllowed: a server does not allow setting ``name`` (its ``allow_set``).
+        """
+        if not isinstance(values, (list, tuple)):
+            values = [values] * self.num_envs
+        if len(values) != self.num_envs:
+            raise ValueError(f"Values must be a list or tuple with length equal to the number "
+                             f"of environments. Got `{len(values)}` values for {self.num_envs} "
+                             "environments.")
+        self._call_remote(name, "set", [[value] for value in values], {})
+
+    def _call_remote(self, name: str, kind: str, args: list[list[Any]],
+                     kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        self._check_idle()
+        parts, requests = [], []
+        for part in self._parts:
+            if "call" not in part.connection.session.capabilities:
+                raise ConfigError(f"the server at {part.url} offers no env method calls (its "
+                                  "protocol lacks the 'call' capability)")
+            for j in range(part.num_envs):
+                parts.append(part)
+                requests.append(Call(instance=part.instance, name=name, kind=kind,
+                                     args=args[part.offset + j], kwargs=kwargs, index=j))
+        answers = self._exchange(requests, parts)
+        return tuple(cast(Returned, answer).value for answer in answers)
 
     def close_extras(self, **kwargs: Any) -> None:
         """Close each served vector env (requests overlapped) and every connection."""

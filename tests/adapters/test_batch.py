@@ -233,16 +233,36 @@ def test_zero_copy_observations_view_the_ring_unless_copied(copy):
         server.close()
 
 
-def test_call_get_attr_set_attr_say_what_is_missing(serve_tcp):
-    server = serve_tcp("CartPole-v1", num_envs=2)
-    remote = relay.make_vec(server.address)
+def test_call_get_attr_set_attr_reach_the_served_sub_envs(serve_tcp):
+    servers = [serve_tcp("CartPole-v1", num_envs=2, allow_calls=["gravity", "step"],
+                         allow_set=["gravity"]) for _ in range(2)]
+    remote = relay.make_vec([s.address for s in servers], vectorization_mode="sync")
+    local = gym.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")
     try:
-        for method, args in (("call", ("render",)), ("get_attr", ("gravity",)),
-                             ("set_attr", ("gravity", 1.0))):
-            with pytest.raises(NotImplementedError, match="allow-listed env-method call"):
-                getattr(remote, method)(*args)
+        assert remote.get_attr("gravity") == local.get_attr("gravity") == (9.8,) * 4
+        remote.set_attr("gravity", [1.0, 2.0, 3.0, 4.0])
+        assert remote.get_attr("gravity") == (1.0, 2.0, 3.0, 4.0)  # each sub-env its own
+        remote.set_attr("gravity", 9.8)
+        assert remote.get_attr("observation_space") == local.get_attr("observation_space")
+        remote.reset(seed=0)
+        local.reset(seed=0)
+        got, want = remote.call("step", 1), local.call("step", 1)
+        for g, w in zip(got, want, strict=True):  # each sub-env's own 5-tuple
+            np.testing.assert_array_equal(g[0], w[0])
+            assert g[1:4] == w[1:4]
+        with pytest.raises(relay.NotAllowed, match="length"):
+            remote.get_attr("length")
+        with pytest.raises(ValueError, match="number of environments"):
+            remote.set_attr("gravity", [1.0])
     finally:
         remote.close()
+        local.close()
+    native = relay.make_vec(serve_tcp("CartPole-v1", num_envs=2).address)
+    try:  # CartPoleVectorEnv has no sub-env objects (and locally no call either)
+        with pytest.raises(relay.RemoteError, match="no sub-env objects"):
+            native.get_attr("gravity")
+    finally:
+        native.close()
 
 
 def test_rgb_frames_of_every_sub_env(serve_tcp):
