@@ -14,8 +14,8 @@ Usage, in a transport's test module::
 The suite checks the contract written in :mod:`relay.transports.base`:
 multi-frame order and boundaries, bit-identical payloads, timeouts, peer
 death, the message-size limit, the small limit before the handshake, several
-clients, idempotent close, the real bound address, and work in a process
-holding over 1,024 file descriptors.  With :meth:`TransportCompliance.declare`
+clients on one listening port, idempotent close, the real bound address, and
+work in a process holding over 1,024 file descriptors.  With :meth:`TransportCompliance.declare`
 implemented it also checks that lengths a peer declares allocate nothing.
 It needs pytest.
 """
@@ -175,6 +175,25 @@ def _open_files(count: int) -> Iterator[None]:
             os.close(fd)
         if soft != resource.getrlimit(resource.RLIMIT_NOFILE)[0]:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _listening_tcp_ports() -> set[int]:
+    """The TCP ports this process listens on: the LISTEN rows of
+    ``/proc/net/tcp`` and ``tcp6`` whose socket is one of its file descriptors."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/self/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[len("socket:["):-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: TCP_LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def check_env_as_local(env: gym.Env[Any, Any], local: gym.Env[Any, Any] | None,
@@ -365,6 +384,25 @@ class TransportCompliance:
                 server.send([f"to {i}".encode()])
             for i, (client, _) in enumerate(pairs):
                 assert bytes(client.recv(5.0)[0]) == f"to {i}".encode()
+        finally:
+            for client, server in pairs:
+                client.close()
+                server.close()
+
+    def test_one_listening_port_for_every_client(self, listener: Listener,
+                                                 settings: Settings) -> None:
+        # clusters, NAT and Kubernetes Services expose fixed ports: no port per client
+        port = listener.address.port
+        if not port or not os.path.exists("/proc/net/tcp"):
+            pytest.skip("not a TCP listener, or no /proc/net/tcp to look at")
+        before = _listening_tcp_ports()
+        assert port in before
+        pairs = [self.connect_pair(listener, settings) for _ in range(3)]
+        try:
+            for client, server in pairs:
+                client.send([b"hello"])
+                server.recv(5.0)
+            assert _listening_tcp_ports() == before
         finally:
             for client, server in pairs:
                 client.close()

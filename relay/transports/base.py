@@ -29,6 +29,8 @@ Contract shared by all transports (checked by :mod:`relay.testing`):
 * waiting on sockets uses ``poll``/``selectors`` (never ``select.select``,
   which fails for file descriptors >= 1024): a transport keeps working in a
   process holding thousands of files;
+* a network listener listens on exactly one port (or path), whatever the
+  number of clients: clusters, NAT and Kubernetes Services expose fixed ports;
 * ``connect`` raises :class:`~relay.core.errors.ConnectError` within
   ``timeout`` seconds when nobody listens;
 * frames returned by ``recv`` are owned by the caller and stay valid, unless

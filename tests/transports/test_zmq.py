@@ -376,39 +376,6 @@ def test_several_clients_at_once():
                 env.close()
 
 
-def _listening_tcp_ports() -> set[int]:
-    """The TCP ports this process listens on: LISTEN rows of /proc/net/tcp{,6}
-    whose socket inode is one of this process's descriptors."""
-    inodes = set()
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            link = os.readlink(f"/proc/self/fd/{fd}")
-            if link.startswith("socket:["):
-                inodes.add(link[len("socket:["):-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError), open(table) as rows:
-            for row in list(rows)[1:]:
-                fields = row.split()
-                if fields[3] == "0A" and fields[9] in inodes:  # 0A: TCP_LISTEN
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
-def test_one_port_whatever_the_number_of_clients():
-    before = _listening_tcp_ports()
-    with relay.serve("CartPole-v1", "zmq+tcp://127.0.0.1:0") as server:
-        envs = [relay.make(server.address) for _ in range(4)]
-        try:
-            for i, env in enumerate(envs):
-                env.reset(seed=i)
-                env.step(0)
-            assert _listening_tcp_ports() - before == {server.address.port}
-        finally:
-            for env in envs:
-                env.close()
-
-
 def test_one_ipc_path_whatever_the_number_of_clients(tmp_path):
     with relay.serve("CartPole-v1", f"zmq+ipc://{tmp_path}/relay.sock") as server:
         envs = [relay.make(server.address) for _ in range(4)]
