@@ -69,24 +69,33 @@ def main() -> None:
 @click.option("--allow-wrapper", "allow_wrappers", multiple=True, metavar="MODULE:CLASS",
               help="A wrapper clients may have applied on the server (repeatable; "
                    "gymnasium.wrappers always may, but RecordVideo and HumanRendering).")
+@click.option("--grace", "shutdown_grace", type=click.FloatRange(min=0), default=None,
+              help="Seconds clients get to finish when the server stops (default 5).")
 def serve(env_id: str | None, url: str, codec: str | None, token: str | None,
           num_envs: int | None, workers: int | None, allow_calls: tuple[str, ...],
-          allow_set: tuple[str, ...], allow_wrappers: tuple[str, ...]) -> None:
-    """Serve ENV_ID (any registered Gymnasium id if omitted) until interrupted."""
+          allow_set: tuple[str, ...], allow_wrappers: tuple[str, ...],
+          shutdown_grace: float | None) -> None:
+    """Serve ENV_ID (any registered Gymnasium id if omitted) until SIGTERM or Ctrl-C.
+
+    Stopping is graceful: clients are told the server closes, their envs are
+    closed, socket files removed, and the exit status is 0.
+    """
     import relay
 
     try:
         server = relay.serve(env_id, url, codec=codec, token=token, num_envs=num_envs,
                              workers=workers, allow_calls=allow_calls,
-                             allow_set=allow_set, allow_wrappers=allow_wrappers)
+                             allow_set=allow_set, allow_wrappers=allow_wrappers,
+                             shutdown_grace=shutdown_grace)
     except RelayError as exc:
         _fail(exc)
     click.echo(f"relay: serving {env_id or 'any env'} on {server.address}", err=True)
     sys.stderr.flush()
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
+        server.serve_forever()  # until SIGTERM or Ctrl-C: then a graceful shutdown
+    except KeyboardInterrupt:  # a second Ctrl-C during the shutdown
         pass
+    click.echo("relay: stopped", err=True)
 
 
 def _run(url: str, env_id: str | None, episodes: int, seed: int | None,

@@ -18,7 +18,7 @@ import copy
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from relay.codecs.base import Buffer, Codec
 from relay.codecs.json import JsonCodec
@@ -30,6 +30,7 @@ from relay.core.errors import (
     ProtocolError,
     RelayError,
     RemoteError,
+    ServerClosing,
     Timeout,
     remote_error_class,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "ClientConnection",
     "Pending",
     "answer_hello",
+    "hang_up_error",
     "relay_codecs",
     "remote_error",
     "serve_channel",
@@ -53,6 +55,14 @@ __all__ = [
 HANDSHAKE_CODEC = JsonCodec()
 IDLE_POLL = 0.25
 """Seconds between checks of the stop flag while a server channel is idle."""
+
+
+def hang_up_error(message: Error) -> RelayError:
+    """The exception for an ``Error`` with id 0 after the handshake: the server
+    hangs up and says why (:class:`ServerClosing` when it is shutting down)."""
+    if message.code == ServerClosing.code:
+        return ServerClosing(message.message)
+    return remote_error(message)
 
 
 def remote_error(message: Error) -> RemoteError:
@@ -165,13 +175,31 @@ class ClientConnection:
         pending = Pending(envelope.id, type(request).__name__, timeout, now + timeout)
         try:
             self.channel.send(self.codec.encode(envelope))
-        except (ConnectionLost, ProtocolError):
+        except ConnectionLost as exc:
+            self.session.lost()
+            reason = self._last_words()
+            if reason is None:
+                raise
+            raise reason from exc
+        except ProtocolError:
             self.session.lost()
             raise
         except RelayError:
             self.session.cancel(envelope.id)
             raise
         return pending
+
+    def _last_words(self) -> RelayError | None:
+        """The error a server that hung up gave as its reason (an ``Error`` with id 0
+        among the messages still waiting, e.g. ``server_closing``), or None."""
+        for _ in range(64):  # answers that came before it are of no use any more
+            try:
+                envelope = self.codec.decode(self.channel.recv(0))
+            except RelayError:
+                return None
+            if envelope.id == 0 and isinstance(envelope.message, Error):
+                return hang_up_error(envelope.message)
+        return None
 
     def receive(self, pending: Pending) -> Response:
         """Wait for the answer to ``pending`` (until its deadline) and return it.
@@ -191,6 +219,8 @@ class ClientConnection:
                 received = self.session.receive(decoded)
                 if received is None:
                     continue
+                if received[0] == 0:  # the server hangs up, telling why
+                    raise hang_up_error(cast(Error, received[1]))
                 if received[0] == pending.id:
                     answer = received[1]
                 elif self.settings.zero_copy:  # another request's: kept for its receive,
@@ -279,7 +309,9 @@ def serve_channel(
     on_close: Callable[[], None] | None = None,
     capabilities: Collection[str] = CAPABILITIES,
 ) -> None:
-    """Answer one client's requests with ``handler`` until it leaves or ``stop`` is set.
+    """Answer one client's requests with ``handler`` until it leaves or ``stop`` is set
+    (then the request being answered is finished and the client is told
+    ``server_closing``, its :class:`~relay.core.errors.ServerClosing`).
 
     ``capabilities`` are announced in the ``Welcome`` (``"batch"``: the server
     hosts vector instances).
@@ -318,6 +350,9 @@ def serve_channel(
                 channel.send(reply)
             except MessageTooLarge as exc:  # tell the client why instead of hanging up
                 channel.send(codec.encode(_unsendable(envelope.id, exc)))
+        # stopped: the server shuts down; the client learns it is not a crash
+        channel.send(codec.encode(Envelope(0, Error(
+            code=ServerClosing.code, message="the server is shutting down"))))
     except (ConnectionLost, Timeout, CodecError):
         return
     finally:

@@ -9,11 +9,14 @@ server keeps serving.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import signal
 import threading
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Self, assert_never, cast
 
 import gymnasium as gym
@@ -50,9 +53,9 @@ from relay.core.messages import (
 )
 from relay.core.session import CAPABILITIES
 from relay.core.url import URL
-from relay.transports.base import Listener
+from relay.transports.base import Channel, Listener
 
-__all__ = ["EnvFactory", "EnvHost", "Server", "gymnasium_factory"]
+__all__ = ["EnvFactory", "EnvHost", "Server", "gymnasium_factory", "stop_on_signals"]
 
 log = logging.getLogger("relay.server")
 
@@ -371,21 +374,48 @@ def _plain_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     return plain
 
 
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Meanwhile, SIGTERM and SIGINT (Ctrl-C) set ``stop`` instead of ending the
+    process, so a server blocked in ``serve_forever`` shuts down gracefully.
+
+    Only the main thread can handle signals: elsewhere nothing changes.  The
+    previous handlers come back afterwards, so a second signal during the
+    shutdown acts as it did before (ends the process).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:  # None: set outside Python, cannot be restored
+                signal.signal(sig, handler)
+
+
 class ThreadedServer:
     """The life cycle every relay server shares: one thread accepts, one thread
     serves each connection, :meth:`close` stops both and waits for them.
 
     A subclass implements :meth:`_accept` (wait for the next connection and
-    return the function that serves it) and :meth:`_close_endpoint`.
+    return the function that serves it) and :meth:`_close_endpoint`, and may
+    implement :meth:`_force` (end the connections still open after the grace
+    period).
     """
 
     address: URL
     """The URL clients connect to (real port when port 0 was asked)."""
+    shutdown_grace: float = 5.0
+    """Seconds :meth:`close` waits for the connections before it forces them."""
 
     def __init__(self) -> None:
         self._stop = threading.Event()
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
+        self._shut = False
         self._acceptor = threading.Thread(target=self._accept_loop, name="relay-accept",
                                           daemon=True)
 
@@ -399,6 +429,9 @@ class ThreadedServer:
 
     def _close_endpoint(self) -> None:
         raise NotImplementedError
+
+    def _force(self) -> None:
+        """End the connections still being served after the grace period."""
 
     def start(self) -> Self:
         self._acceptor.start()
@@ -436,25 +469,40 @@ class ThreadedServer:
                 self._threads.discard(threading.current_thread())
 
     def serve_forever(self) -> None:
-        """Block until :meth:`close` is called from elsewhere (or KeyboardInterrupt)."""
+        """Block until SIGTERM or SIGINT (Ctrl-C, when called in the main thread)
+        or :meth:`close` from another thread; then :meth:`close` gracefully."""
         try:
-            while not self._stop.wait(0.5):
-                pass
+            with stop_on_signals(self._stop):
+                while not self._stop.wait(0.5):
+                    pass
         finally:
             self.close()
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop accepting, end every connection, close their envs and the endpoint;
-        idempotent.  Waits up to ``timeout`` seconds for each thread."""
-        if self._stop.is_set() and not self._acceptor.is_alive():
-            return
+    def close(self, timeout: float | None = None) -> None:
+        """Shut down gracefully; idempotent.
+
+        Stops accepting; each connection finishes the request it is answering,
+        tells its client so (:class:`~relay.core.errors.ServerClosing` there)
+        and closes its envs.  Connections still open after ``timeout`` seconds
+        (default :attr:`shutdown_grace`) are closed by force (an env stuck in
+        ``step`` is left to the process's exit); then the endpoint is closed
+        (its port freed, its socket file removed).
+        """
+        with self._lock:
+            if self._shut:
+                return
+            self._shut = True
+        deadline = time.monotonic() + (self.shutdown_grace if timeout is None else timeout)
         self._stop.set()
         if self._acceptor.is_alive():
-            self._acceptor.join(timeout)
+            self._acceptor.join(max(deadline - time.monotonic(), 0.0))
         with self._lock:
             threads = list(self._threads)
         for thread in threads:
-            thread.join(timeout)
+            thread.join(max(deadline - time.monotonic(), 0.0))
+        if any(thread.is_alive() for thread in threads):
+            log.warning("connections still open after the shutdown grace period: closing them")
+            self._force()
         self._close_endpoint()
 
     def __enter__(self) -> Self:
@@ -486,6 +534,8 @@ class Server(ThreadedServer):
         self._listener = listener
         self.settings = settings
         self.address = listener.address
+        self.shutdown_grace = settings.shutdown_grace
+        self._channels: set[Channel] = set()
 
     def _accept(self, timeout: float) -> Callable[[], None] | None:
         from relay.connection import serve_channel
@@ -501,8 +551,24 @@ class Server(ThreadedServer):
             return None
         host = EnvHost(self._factory, self._vectors, self._access,
                        tracebacks=self.settings.tracebacks)
-        return lambda: serve_channel(channel, host.handle, self.settings, stop=self._stop,
-                                     on_close=host.close, capabilities=self.capabilities)
+        with self._lock:
+            self._channels.add(channel)
+
+        def serve() -> None:
+            try:
+                serve_channel(channel, host.handle, self.settings, stop=self._stop,
+                              on_close=host.close, capabilities=self.capabilities)
+            finally:
+                with self._lock:
+                    self._channels.discard(channel)
+
+        return serve
+
+    def _force(self) -> None:
+        with self._lock:
+            channels = list(self._channels)
+        for channel in channels:
+            channel.close()  # the client sees ConnectionLost
 
     def _close_endpoint(self) -> None:
         self._listener.close()

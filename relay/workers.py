@@ -175,17 +175,15 @@ class WorkerPool:
                         self.replaced += 1
 
     def serve_forever(self) -> None:
-        """Block until SIGTERM, KeyboardInterrupt or :meth:`close` from another thread;
-        then stop every worker."""
-        previous: Any = None
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        """Block until SIGTERM, SIGINT or :meth:`close` from another thread; then stop
+        every worker."""
+        from relay.server import stop_on_signals
+
         try:
-            while not self._stop.wait(0.5):
-                pass
+            with stop_on_signals(self._stop):
+                while not self._stop.wait(0.5):
+                    pass
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
             self.close()
 
     def close(self, timeout: float = STOP_TIMEOUT) -> None:

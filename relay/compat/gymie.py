@@ -556,6 +556,7 @@ class GymieServer(ThreadedServer):
         super().__init__()
         self._factory = factory
         self.settings = settings
+        self.shutdown_grace = settings.shutdown_grace
         self._path = url.path or GYMIE_PATH
         self._spin = spin_ns(url)
         self._tls = server_ssl_context(url) if url.scheme == "wss" else None

@@ -48,6 +48,9 @@ class Settings:
         tracebacks: a server sends the traceback of an environment's exception
             to the client (its file paths and code lines); false sends only
             the exception's type and message.
+        shutdown_grace: seconds a server shutting down (SIGTERM, Ctrl-C,
+            ``close()``) gives its clients' current requests and env closes
+            before it closes what is left by force.
     """
 
     codec: str = "msgpack"
@@ -57,6 +60,7 @@ class Settings:
     token: str | None = None
     zero_copy: bool = False
     tracebacks: bool = True
+    shutdown_grace: float = 5.0
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -124,6 +128,8 @@ def resolve_settings(
     settings = Settings(**values)
     if settings.timeout <= 0 or settings.connect_timeout <= 0:
         raise ConfigError("timeout and connect_timeout must be positive seconds")
+    if not settings.shutdown_grace >= 0:
+        raise ConfigError("shutdown_grace must be a number of seconds >= 0")
     if settings.max_message_size <= 0:
         raise ConfigError("max_message_size must be a positive number of bytes")
     return settings

@@ -13,7 +13,9 @@ translated once, at the transport boundary, and kept as ``__cause__``::
     ├── PluginError                  a plugin failed to load or registered twice
     ├── TransportError               moving frames failed
     │   ├── ConnectError             nobody listening / refused (also ConnectionError)
+    │   │   └── TLSError             the TLS handshake failed (certificate, plain vs TLS)
     │   ├── ConnectionLost           the peer went away (also ConnectionError)
+    │   │   └── ServerClosing        the server is shutting down and said so
     │   ├── Timeout                  a deadline passed (also TimeoutError)
     │   └── MessageTooLarge          a message is over ``max_message_size``
     ├── CodecError                   frames cannot be encoded or decoded
@@ -66,7 +68,9 @@ __all__ = [
     "RemoteEnvError",
     "RemoteError",
     "RemoteProtocolError",
+    "ServerClosing",
     "SpaceMismatch",
+    "TLSError",
     "Timeout",
     "TransportError",
     "UnknownCodec",
@@ -149,8 +153,24 @@ class ConnectError(TransportError, ConnectionError):
     """No peer could be reached at the address within the connect timeout."""
 
 
+class TLSError(ConnectError):
+    """The TLS handshake failed: the certificate is not trusted (wrong CA, wrong
+    host name, expired), or one side speaks TLS and the other does not.  Raised
+    at once, not after the connect timeout; the message names the cause."""
+
+
 class ConnectionLost(TransportError, ConnectionError):
     """The peer closed the connection or died; the channel is unusable now."""
+
+
+class ServerClosing(ConnectionLost):
+    """The server is shutting down (SIGTERM, Ctrl-C, ``Server.close``) and told
+    this client so before hanging up: not a crash.  The client's environments
+    there are closed; reconnect later or elsewhere.
+
+    Sent as the relay/1 ``Error`` of code :attr:`code` with id 0."""
+
+    code = "server_closing"
 
 
 class Timeout(TransportError, TimeoutError):

@@ -195,11 +195,18 @@ class ClientSession:
     def receive(self, envelope: Envelope) -> tuple[int, Response] | None:
         """Match an answer to its request; None if it answers nothing pending (dropped).
 
+        An ``Error`` with id 0 answers no request: the server hangs up and says
+        why (e.g. ``server_closing``).  It is returned as ``(0, error)`` and the
+        session is closed.
+
         Raises:
             RemoteProtocolError: the answer is of the wrong type for its request.
         """
         if self.state is not State.READY:
             self._move("receive")
+        if envelope.id == 0 and isinstance(envelope.message, Error):
+            self.lost()
+            return 0, envelope.message
         pending = self._pending.pop(envelope.id, None)
         if pending is None:  # unknown, or given up on (cancelled or expired)
             self.dropped += 1

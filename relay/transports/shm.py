@@ -611,6 +611,7 @@ class ShmChannel:
         self._released = False
         self._active = 0  # send/recv calls in progress (close may come from another thread)
         self._lost: str | None = None
+        self._drain = False  # lost, but the peer's published records may be received
         fence = threading.Lock()  # this channel's memory fence, see _wake
         self._fence_acquire = fence.acquire
         self._fence_release = fence.release
@@ -709,6 +710,8 @@ class ShmChannel:
             if self._closed:
                 raise ConnectionLost("the shm channel was closed") from None
             raise
+        except TransportError:  # ours (ConnectionLost is an OSError too): as it is
+            raise
         except (posix_ipc.Error, OSError) as exc:
             if self._closed:
                 raise ConnectionLost("the shm channel was closed") from None
@@ -742,7 +745,7 @@ class ShmChannel:
         if size > self._limit:
             raise MessageTooLarge(size, self._limit)
         if self._out.ctl[_R_CLOSED]:
-            raise self._lose("the peer closed the shm channel")
+            raise self._peer_closed()
         if record > self._out.capacity:
             self._grow(record)
         out = self._out
@@ -820,7 +823,7 @@ class ShmChannel:
     def _wait_for_reader(self, deadline: float, delay: float) -> float:
         """Back off while the reader frees ring space; check for peer death."""
         if self._out.ctl[_R_CLOSED]:
-            raise self._lose("the peer closed the shm channel")
+            raise self._peer_closed()
         now = time.monotonic()
         if now >= deadline:
             raise Timeout(f"the shm peer released no ring space within {self._send_timeout} s")
@@ -863,9 +866,12 @@ class ShmChannel:
         Raises:
             Timeout: nothing arrived in time (the channel stays usable).
             ConnectionLost: the peer closed or died, or sent a malformed or
-                oversized record (the connection is dropped then).
+                oversized record (the connection is dropped then).  What the
+                peer published before it closed is still received, also after
+                a ``send`` found it closed.
         """
-        if self._closed or self._lost is not None:
+        if self._closed or self._lost is not None and not (
+                self._drain and self._ictl[_W_SEQ] > self._rseq):
             self._check_usable()
         # As in send, only the calls that may release the GIL (_block, _locate)
         # are counted in ``_active``.
@@ -1120,6 +1126,12 @@ class ShmChannel:
     def _lose(self, reason: str) -> ConnectionLost:
         self._lost = reason
         return ConnectionLost(reason)
+
+    def _peer_closed(self) -> ConnectionLost:
+        """``_lose`` for a send that found the peer closed: the records it
+        published before (its last answer, an ``Error``) can still be received."""
+        self._drain = True
+        return self._lose("the peer closed the shm channel")
 
     def close(self) -> None:
         """Tell the peer, release the mappings, semaphores and socket; idempotent.

@@ -459,9 +459,9 @@ def test_server_killed_mid_step_then_a_new_server_serves() -> None:
     finally:
         server2.terminate()
         server2.wait(10)
-    assert server2.returncode == -signal.SIGTERM
+    assert server2.returncode == 0  # serve_forever stops gracefully on SIGTERM
     assert entries_of(server2.pid) == set()
-    assert not socket_path(name).exists()  # SIGTERM removed the rendezvous socket too
+    assert not socket_path(name).exists()  # and removes the rendezvous socket too
 
 
 def test_relay_cleanup_removes_the_socket_of_a_killed_listener() -> None:

@@ -1,7 +1,7 @@
 // The agent side: connect to a relay server and drive its environments.
 
 import { Channel } from "./socket.js";
-import { ConnectionLost, ProtocolError, Timeout, remoteError } from "./errors.js";
+import { ConnectionLost, ProtocolError, ServerClosing, Timeout, remoteError } from "./errors.js";
 import { ANSWERS, PROTOCOL, decodeEnvelope, major } from "./messages.js";
 import { encodeJson } from "./framing.js";
 import { Tuple, toJsonValue } from "./values.js";
@@ -71,6 +71,11 @@ export class Connection {
       } catch (err) {
         if (err instanceof Timeout) throw new Timeout(`${tag} got no answer within ${timeoutMs} ms`);
         throw err;
+      }
+      if (answer.id === 0 && answer.tag === "error") {  // the server hangs up, saying why
+        this.close();
+        if (answer.body.code === "server_closing") throw new ServerClosing(answer.body.message);
+        throw remoteError(answer.body);
       }
       if (answer.id !== id) continue;  // the late answer of a request that timed out
       if (answer.tag === "error") throw remoteError(answer.body);

@@ -19,6 +19,9 @@ export class ConnectionLost extends RelayError {
   }
 }
 
+/** The server is shutting down and said so before hanging up: not a crash. */
+export class ServerClosing extends ConnectionLost {}
+
 /** A deadline passed. */
 export class Timeout extends RelayError {}
 

@@ -5,7 +5,7 @@ export { Connection, RemoteEnv, make } from "./agent.js";
 export { connectEnv } from "./env.js";
 export {
   ConnectError, ConnectionLost, InvalidAction, NotReset, ProtocolError, RelayError,
-  RemoteEnvError, RemoteError, Timeout,
+  RemoteEnvError, RemoteError, ServerClosing, Timeout,
 } from "./errors.js";
 export { decodeMessage, encodeMessage } from "./framing.js";
 export { PROTOCOL } from "./messages.js";

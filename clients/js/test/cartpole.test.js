@@ -6,7 +6,9 @@ import { dirname, resolve } from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 
-import { ConnectError, InvalidAction, NDArray, NotReset, make } from "../src/index.js";
+import {
+  ConnectError, InvalidAction, NDArray, NotReset, ServerClosing, make,
+} from "../src/index.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const venvPython = resolve(here, "../../../.venv/bin/python");
@@ -101,4 +103,23 @@ test("the token travels in the Authorization header", LIMIT, async () => {
   const env = await make(secured.url, { token: "s3cret" });
   await env.reset({ seed: 0 });
   await env.close();
+});
+
+test("a server stopped by SIGTERM says so: ServerClosing", LIMIT, async () => {
+  const stopping = await serve(["CartPole-v1", "--url", "ws://127.0.0.1:0/relay"]);
+  const exited = new Promise((done) => stopping.process.on("exit", (code) => done(code)));
+  const env = await make(stopping.url, { envId: "CartPole-v1" });
+  try {
+    await env.reset({ seed: 1 });
+    stopping.process.kill("SIGTERM");
+    await assert.rejects(async () => {
+      for (const end = Date.now() + 5000; Date.now() < end;) {
+        await env.step(0);
+        await new Promise((done) => setTimeout(done, 50));
+      }
+    }, ServerClosing);
+    assert.equal(await exited, 0);
+  } finally {
+    env.close();
+  }
 });

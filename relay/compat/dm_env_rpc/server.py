@@ -476,6 +476,7 @@ class DmEnvRpcServer:
         self.settings = settings
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._shut = False
         self._active: set[StreamSession] = set()
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=max_clients, thread_name_prefix="relay-dm-env-rpc"),
@@ -512,18 +513,26 @@ class DmEnvRpcServer:
             return len(self._active)
 
     def serve_forever(self) -> None:
-        """Block until :meth:`close` is called from elsewhere (or KeyboardInterrupt)."""
+        """Block until SIGTERM or SIGINT (in the main thread) or :meth:`close` from
+        elsewhere; then :meth:`close`."""
+        from relay.server import stop_on_signals
+
         try:
-            while not self._stop.wait(0.5):
-                pass
+            with stop_on_signals(self._stop):
+                while not self._stop.wait(0.5):
+                    pass
         finally:
             self.close()
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop serving: end every stream (their envs are closed) and free the port."""
-        if self._stop.is_set():
-            return
+    def close(self, timeout: float | None = None) -> None:
+        """Stop serving: end every stream (their envs are closed) and free the port;
+        ``timeout`` (default ``settings.shutdown_grace``) bounds the wait."""
+        with self._lock:
+            if self._shut:
+                return
+            self._shut = True
         self._stop.set()
+        timeout = self.settings.shutdown_grace if timeout is None else timeout
         self._server.stop(grace=min(timeout, 1.0)).wait(timeout)
 
     def __enter__(self) -> DmEnvRpcServer:
