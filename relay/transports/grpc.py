@@ -52,6 +52,9 @@ Limits and liveness:
 * gRPC's 4 MiB message limit is raised to ``settings.max_message_size`` plus
   the frame header (``grpc.max_send_message_length`` and
   ``grpc.max_receive_message_length``, on both sides);
+* a server closes a connection that has not finished its TLS and HTTP/2
+  handshake within ``settings.connect_timeout`` seconds
+  (``grpc.server_handshake_timeout_ms``; gRPC's default is 120 s);
 * HTTP/2 keepalive pings every ``keepalive`` seconds (default 10) and a
   ``keepalive_timeout`` (default 5) make a silently dead peer (host gone,
   cable cut) surface as :class:`~relay.core.errors.ConnectionLost`; a peer
@@ -90,9 +93,13 @@ environment variable ``RELAY_TLS_<NAME>``, e.g. ``RELAY_TLS_CA``):
 ``client_ca``.
 
 Errors: every ``grpc.RpcError`` becomes a :class:`~relay.core.errors.RelayError`
-(kept as ``__cause__``): no server / TLS failure at connect ->
-``ConnectError``; ``RESOURCE_EXHAUSTED`` (an oversized message received) and
-any end of the call -> ``ConnectionLost``.
+(kept as ``__cause__``): no server at connect -> ``ConnectError`` after the
+timeout; a TLS failure (untrusted certificate, a plain server for
+``grpcs://``, a TLS server for ``grpc://``) -> :class:`~relay.core.errors.TLSError`
+at once, naming the cause (gRPC itself only retries: while waiting, connect
+tries the handshake with :mod:`ssl`, see :mod:`relay.transports.tls`);
+``RESOURCE_EXHAUSTED`` (an oversized message received) and any end of the
+call -> ``ConnectionLost``.
 """
 
 from __future__ import annotations
@@ -100,6 +107,7 @@ from __future__ import annotations
 import collections
 import os
 import queue
+import ssl
 import struct
 import threading
 import time
@@ -117,6 +125,7 @@ from relay.core.errors import (
     ConnectionLost,
     MessageTooLarge,
     Timeout,
+    TLSError,
     TransportError,
 )
 from relay.core.url import URL
@@ -127,6 +136,7 @@ from relay.transports.base import (
     spin_ns,
     spin_until,
 )
+from relay.transports.tls import diagnose
 
 try:  # grpcio internals behind the in-thread timed reads (_CallReader, _RequestReader)
     from grpc import _channel as _grpc_channel
@@ -153,6 +163,10 @@ _HEADER_ALLOWANCE = 64 * 1024  # frame header bytes on top of max_message_size
 _END = object()
 _SERVER_ONLY_OPTIONS = ("cert", "key", "client_ca")
 _ACCEPTED_KEY = "relay-transport"  # initial metadata sent when a stream is accepted
+TLS_LOOK_AFTER = 0.1
+"""Seconds a connect waits for the server before it looks for a TLS problem itself."""
+TLS_LOOK_EVERY = 0.5
+"""Seconds between such looks while nobody answers (the server may start meanwhile)."""
 
 
 def pack(frames: Sequence[Buffer]) -> bytes:
@@ -215,6 +229,9 @@ def _options(url: URL, settings: Settings, *, server: bool) -> list[tuple[str, A
     ]
     if server:
         options += [
+            # a connection that has not finished TLS and HTTP/2's SETTINGS
+            # exchange by then is closed (gRPC's default: 120 s)
+            ("grpc.server_handshake_timeout_ms", int(settings.connect_timeout * 1000)),
             ("grpc.so_reuseport", 0),  # a second server on the same port must fail
             ("grpc.http2.min_recv_ping_interval_without_data_ms", min(keepalive_ms, 1000)),
             ("grpc.http2.min_ping_interval_without_data_ms", min(keepalive_ms, 1000)),
@@ -231,13 +248,32 @@ def _options(url: URL, settings: Settings, *, server: bool) -> list[tuple[str, A
     return options
 
 
+def _tls_path(url: URL, name: str) -> str | None:
+    return url.query.get(name) or os.environ.get(f"RELAY_TLS_{name.upper()}") or None
+
+
+def _tls_problem(url: URL, timeout: float) -> str | None:
+    """Why a connection to ``url`` fails at the TLS level (see :mod:`relay.transports.tls`)."""
+    context = None
+    if url.scheme == "grpcs":
+        ca = tls_file(url, "ca")
+        context = ssl.create_default_context(cadata=ca.decode() if ca else None)
+        cert = _tls_path(url, "cert")
+        if cert:
+            context.load_cert_chain(cert, _tls_path(url, "key"))
+        context.set_alpn_protocols(["h2"])
+    return diagnose(url.host or "127.0.0.1", url.port or 0, context, timeout=timeout,
+                    server_hostname=url.query.get("server_name") or None,
+                    tls_scheme="grpcs://")
+
+
 def tls_file(url: URL, name: str, *, required: bool = False) -> bytes | None:
     """The PEM file named by URL option ``name`` (or ``RELAY_TLS_<NAME>``), or None.
 
     Raises:
         ConfigError: a required option is missing, or the file cannot be read.
     """
-    path = url.query.get(name) or os.environ.get(f"RELAY_TLS_{name.upper()}")
+    path = _tls_path(url, name)
     if not path:
         if required:
             raise ConfigError(
@@ -825,8 +861,9 @@ class GrpcTransport:
         Returns once the server has accepted the stream.
 
         Raises:
-            ConnectError: nobody listens, TLS fails, or the server refuses the
-                stream (e.g. ``max_clients`` reached) within ``timeout``.
+            TLSError: the TLS handshake fails (see the module docstring), at once.
+            ConnectError: nobody listens, or the server refuses the stream
+                (e.g. ``max_clients`` reached) within ``timeout``.
             ConfigError: bad options or unreadable TLS files.
         """
         target = _target(url)
@@ -862,7 +899,18 @@ class GrpcTransport:
 
         waiter = threading.Thread(target=wait_accepted, name="relay-grpc-connect", daemon=True)
         waiter.start()
-        waiter.join(timeout)
+        # gRPC retries a failed TLS handshake as if nobody answered: while we wait,
+        # look for a TLS problem ourselves now and then, and report it at once
+        deadline = time.monotonic() + timeout
+        look = time.monotonic() + TLS_LOOK_AFTER
+        while waiter.is_alive() and (remaining := deadline - time.monotonic()) > 0:
+            waiter.join(min(remaining, max(look - time.monotonic(), 0.0)))
+            if waiter.is_alive() and time.monotonic() >= look:
+                problem = _tls_problem(url, min(max(remaining, 0.1), 2.0))
+                if problem is not None:
+                    channel._close_stream()
+                    raise TLSError(f"cannot connect to {url.render()}: {problem}")
+                look = time.monotonic() + TLS_LOOK_EVERY
         if waiter.is_alive():
             channel._close_stream()
             raise ConnectError(

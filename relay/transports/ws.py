@@ -81,10 +81,12 @@ from relay.core.errors import (
     InvalidURL,
     MessageTooLarge,
     Timeout,
+    TLSError,
     TransportError,
 )
 from relay.core.url import URL
 from relay.transports.base import HANDSHAKE_LIMIT, over_limit, readable, spin_ns, spin_until
+from relay.transports.tls import diagnose
 
 try:
     import websockets
@@ -873,8 +875,10 @@ class WsTransport:
         """Open a WebSocket to ``url`` within ``timeout`` seconds.
 
         Raises:
-            ConnectError: refused, unreachable, TLS failure, or an HTTP answer
-                other than 101 (401 for a wrong token, 404 for a wrong path).
+            TLSError: the TLS handshake failed (an untrusted certificate, a
+                plain server for ``wss://``, a TLS server for ``ws://``), at once.
+            ConnectError: refused, unreachable, or an HTTP answer other than
+                101 (401 for a wrong token, 404 for a wrong path).
         """
         host, port = _hostport(url)
         context = _client_ssl(url) if url.scheme == "wss" else None
@@ -913,6 +917,10 @@ class WsTransport:
             raise refused from exc
         except (OSError, EOFError, TimeoutError, WebSocketException) as exc:
             sock.close()
+            problem = diagnose(host, port, context, timeout=min(timeout, 2.0),
+                               tls_scheme="wss://")
+            if problem is not None:
+                raise TLSError(f"cannot connect to {url.render()}: {problem}") from exc
             raise ConnectError(f"cannot connect to {url.render()}: {exc}") from exc
         _blocking_with_send_deadline(sock, settings.timeout)
         options = _options(url)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,14 @@ from gymnasium.utils.env_match import check_environments_match
 
 import relay
 from relay.core.config import Settings
-from relay.core.errors import ConfigError, ConnectError, ConnectionLost, Timeout, TransportError
+from relay.core.errors import (
+    ConfigError,
+    ConnectError,
+    ConnectionLost,
+    Timeout,
+    TLSError,
+    TransportError,
+)
 from relay.core.plugins import get_transport
 from relay.core.url import make_url
 from relay.testing import TransportCompliance, check_env_as_local
@@ -237,15 +245,58 @@ def test_tls_address_keeps_only_client_options(certs: dict[str, Path]) -> None:
         listener.close()
 
 
-def test_tls_wrong_ca_is_connect_error(certs: dict[str, Path]) -> None:
-    url = make_url(f"grpcs://127.0.0.1:0?cert={certs['server_pem']}&key={certs['server_key']}")
-    listener = get_transport("grpcs").listen(url, Settings())
+@pytest.mark.parametrize("case,cause", [
+    ("wrong CA", "certificate is not trusted"),
+    ("plain client, TLS server", "speaks TLS: connect with grpcs://"),
+    ("TLS client, plain server", "does not speak TLS"),
+    ("no client certificate", "wants a client certificate"),
+])
+def test_tls_problems_are_tls_errors_at_once(certs: dict[str, Path], case: str,
+                                             cause: str) -> None:
+    # gRPC retries a failed handshake as if nobody answered: it took the whole timeout
+    tls = (f"grpcs://127.0.0.1:0?cert={certs['server_pem']}&key={certs['server_key']}"
+           + (f"&client_ca={certs['ca_pem']}" if case == "no client certificate" else ""))
+    listener = get_transport("grpcs" if case != "TLS client, plain server" else "grpc").listen(
+        make_url(tls if case != "TLS client, plain server" else "grpc://127.0.0.1:0"),
+        Settings())
+    port = listener.address.port
+    url = make_url({
+        "wrong CA": f"grpcs://127.0.0.1:{port}?ca={certs['other_pem']}",
+        "plain client, TLS server": f"grpc://127.0.0.1:{port}",
+        "TLS client, plain server": f"grpcs://127.0.0.1:{port}?ca={certs['ca_pem']}",
+        "no client certificate": f"grpcs://127.0.0.1:{port}?ca={certs['ca_pem']}",
+    }[case])
     try:
-        bad = listener.address.with_options(ca=certs["other_pem"])
         start = time.monotonic()
-        with pytest.raises(ConnectError):
-            get_transport("grpcs").connect(bad, Settings(), timeout=1.0)
+        with pytest.raises(TLSError, match=cause):
+            get_transport(url.scheme).connect(url, Settings(), timeout=20.0)
         assert time.monotonic() - start < 3.0
+    finally:
+        listener.close()
+
+
+def test_a_connection_stuck_in_its_handshake_is_closed() -> None:
+    """A client dribbling its HTTP/2 preface a byte at a time is hung up on after
+    connect_timeout (gRPC's own default keeps it 120 s)."""
+    listener = get_transport("grpc").listen(make_url("grpc://127.0.0.1:0"),
+                                            Settings(connect_timeout=0.5))
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    try:
+        with socket.create_connection(("127.0.0.1", listener.address.port)) as sock:
+            sock.settimeout(0.1)
+            start = time.monotonic()
+            hung_up = False
+            while not hung_up and time.monotonic() - start < 3.0:
+                try:
+                    sock.send(preface[:1])
+                    preface = preface[1:] or preface
+                    hung_up = sock.recv(100) == b""
+                except TimeoutError:
+                    pass
+                except OSError:
+                    hung_up = True
+            assert hung_up, "the server kept a connection that never finished its handshake"
+            assert time.monotonic() - start < 2.0
     finally:
         listener.close()
 
@@ -256,7 +307,7 @@ def test_mutual_tls(certs: dict[str, Path]) -> None:
     transport = get_transport("grpcs")
     listener = transport.listen(url, Settings())
     try:
-        with pytest.raises(ConnectError):  # no client certificate
+        with pytest.raises(TLSError):  # no client certificate
             transport.connect(listener.address, Settings(), timeout=1.0)
         with_cert = listener.address.with_options(cert=certs["client_pem"],
                                                   key=certs["client_key"])

@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import relay
 from relay.core.config import Settings
-from relay.core.errors import ConnectError, ConnectionLost
+from relay.core.errors import ConnectError, ConnectionLost, TLSError
 from relay.core.plugins import get_transport
 from relay.core.url import URL, make_url
 from relay.testing import TransportCompliance, check_env_as_local, make_certificate
@@ -75,6 +75,35 @@ def test_wss_refuses_an_untrusted_certificate(certificate: tuple[Path, Path]) ->
         assert "certfile" not in listener.address.query
         with pytest.raises(ConnectError, match="certificate"):
             get_transport("wss").connect(listener.address, settings, timeout=3.0)
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("case,cause", [
+    ("wrong CA", "certificate is not trusted"),
+    ("plain client, TLS server", "speaks TLS: connect with wss://"),
+    ("TLS client, plain server", "does not speak TLS"),
+])
+def test_tls_problems_are_tls_errors_at_once(certificate: tuple[Path, Path], tmp_path: Path,
+                                             case: str, cause: str) -> None:
+    certfile, keyfile = certificate
+    other, _ = make_certificate(tmp_path)
+    tls_server = case != "TLS client, plain server"
+    settings = Settings(connect_timeout=20.0)
+    listener = get_transport("wss" if tls_server else "ws").listen(make_url(
+        f"wss://127.0.0.1:0/relay?certfile={certfile}&keyfile={keyfile}" if tls_server
+        else "ws://127.0.0.1:0/relay"), settings)
+    port = listener.address.port
+    url = make_url({
+        "wrong CA": f"wss://127.0.0.1:{port}/relay?cafile={other}",
+        "plain client, TLS server": f"ws://127.0.0.1:{port}/relay",
+        "TLS client, plain server": f"wss://127.0.0.1:{port}/relay?cafile={certfile}",
+    }[case])
+    try:
+        start = time.monotonic()
+        with pytest.raises(TLSError, match=cause):
+            get_transport(url.scheme).connect(url, settings, timeout=20.0)
+        assert time.monotonic() - start < 3.0
     finally:
         listener.close()
 

@@ -427,6 +427,8 @@ def grpc_options(settings: Settings, *, server: bool) -> list[tuple[str, Any]]:
         return [*options, ("grpc.keepalive_time_ms", 10_000),
                 ("grpc.keepalive_timeout_ms", 5_000),
                 ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+                # a connection still handshaking (TLS, HTTP/2) then is closed
+                ("grpc.server_handshake_timeout_ms", int(settings.connect_timeout * 1000)),
                 ("grpc.so_reuseport", 0)]
     return [*options, ("grpc.keepalive_time_ms", 300_000), ("grpc.keepalive_timeout_ms", 20_000)]
 
