@@ -158,7 +158,7 @@ PAYLOADS: dict[str, Payload] = {
     "M": Payload("M", "84x84x4 uint8", FIXED_OBS_ID, {"shape": [84, 84, 4], "dtype": "uint8"}),
     "L": Payload("L", "3x224x224 uint8", FIXED_OBS_ID,
                  {"shape": [3, 224, 224], "dtype": "uint8"}),
-    # not in the default S,M,L: the issue-4 target (msgpack vs dm_env_rpc) is about floats
+    # not in the default S,M,L: large floats, where msgpack and dm_env_rpc's packing differ
     "F": Payload("F", "3x224x224 float32", FIXED_OBS_ID,
                  {"shape": [3, 224, 224], "dtype": "float32"}),
 }

@@ -8,7 +8,7 @@ Server: :class:`DmEnvAsGym` wraps a ``dm_env.Environment`` as the
 ``gymnasium.Env`` that relay's server hosts; :func:`serving_factory` is what
 :func:`relay.serve` uses to accept a dm_env instance or a factory returning one.
 
-Mapping between the two APIs (protocol relay/1, DESIGN.md):
+Mapping between the two APIs (protocol relay/1, ``docs/protocol.md``):
 
 =======================================  =========================================
 dm_env ``TimeStep``                      Gymnasium

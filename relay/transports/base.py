@@ -131,8 +131,8 @@ def over_limit(size: int, limit: int, max_message_size: int) -> str:
 
 DEFAULT_SPIN_US = 250.0
 """Default ``?spin=`` budget, microseconds: how long a waiting ``recv`` polls
-before it lets its thread sleep.  A sleep and wake-up costs 50-100 µs on these
-VMs, more than a whole relay step; spinning through the peer's turn avoids it
+before it lets its thread sleep.  A sleep and wake-up costs 50-100 µs on a
+2-core virtual machine, more than a whole relay step; spinning through the peer's turn avoids it
 (measured: relay over zmq+ipc S/M/L 345/265/356 -> 184/176/216 µs)."""
 
 

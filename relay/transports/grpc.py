@@ -44,8 +44,8 @@ grpcio's request thread and a server's through a response generator (or a
 thread feeding grpcio's blocking send callback): the same behaviour, slower.
 
 Measured (relay bench, relay grpc:// over raw grpcio bidi, median of the
-per-round ratios of 8 interleaved rounds, S/M/L): with reader threads and
-queues 1.52/1.40/1.16, now 0.95/0.94/0.93; without the spin 1.56/1.00/1.20.
+per-round ratios of 8 interleaved rounds, S/M/L): 0.95/0.94/0.93; with reader
+threads and queues instead 1.52/1.40/1.16; without the spin 1.56/1.00/1.20.
 
 Limits and liveness:
 

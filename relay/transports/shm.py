@@ -102,9 +102,10 @@ Wake-up (chosen by benchmark: ``benchmarks/relay_bench/cases/shm.py``)
     (the most when both sides get a core of their own and the raw code's
     3 µs round trip shows relay's own Python steps).  Both ends in one
     process, the CPU per round trip is 4.1 / 6.3 / 12.7 µs against the raw
-    code's 2.3 / 3.8 / 9.8 (it was 8.9 / 11.6 / 22.2 with a slot
-    descriptor, a semaphore post and trywait per message and bytearray
-    slice copies).  Waking a blocked peer costs 30-100 µs on this VM (futex + IPI),
+    code's 2.3 / 3.8 / 9.8 (8.9 / 11.6 / 22.2 with a slot descriptor, a
+    semaphore post and trywait per message and bytearray slice copies
+    instead).  Waking a blocked peer costs 30-100 µs on a 2-core virtual
+    machine (futex + IPI),
     which is what the spin avoids.  Spinning is used only on x86 (total
     store order makes the ``wseq`` check safe without a fence); elsewhere
     every publication is posted and every message fetched after a semaphore
@@ -189,9 +190,9 @@ DEFAULT_SEGMENT_SIZE = 1 << 20
 """Initial data area of each direction, bytes (grows on demand)."""
 # The spin budget is relay's common one (``?spin=``, default 250 µs,
 # relay.transports.base.DEFAULT_SPIN_US): it must cover the peer's whole turn
-# (decode, ``env.step``, encode: 50-200 µs for relay on these VMs), not only
-# the transport.  With 50 µs the spin switched itself off and every message
-# paid a 50-100 µs futex wake-up.  Measured, a CartPole step over shm, median
+# (decode, ``env.step``, encode: 50-200 µs for relay on a 2-core virtual
+# machine), not only the transport.  With 50 µs the spin switches itself off
+# and every message pays a 50-100 µs futex wake-up.  Measured, a CartPole step over shm, median
 # of 5000: 233/239 µs at 50, 166/173 at 150, 163/150 at 300.
 SLICE = 0.05
 """Longest single semaphore wait, seconds: the bound on noticing a dead peer."""

@@ -11,9 +11,10 @@ connection wakes every ``min(0.25, ping_interval / 2)`` seconds; when nobody is
 inside ``recv`` (e.g. during a long ``env.step``) it reads what has arrived,
 which answers the peer's pings, and it sends our pings and closes the
 connection (code 1011) when one is not answered within ``ping_timeout``.  So a
-long step never trips the keepalive (the asyncio pitfall of FACTS.md does not
-apply).  Per-message deflate is never negotiated (it makes an 84x84x4
-observation ~15x slower).
+long step never trips the keepalive (with the library's asyncio API, a peer
+whose event loop is blocked for ``ping_timeout`` by a long step is closed).
+Per-message deflate is never negotiated (it makes an 84x84x4 observation ~15x
+slower).
 
 Framing (also in ``docs/protocol.md``): one relay message is one *binary*
 WebSocket message (a sender may split it into WebSocket fragments; receivers

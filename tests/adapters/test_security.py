@@ -41,7 +41,7 @@ def test_malformed_hello_is_answered_with_a_protocol_error(serve, listen_url, he
                                                            named):
     server = serve("CartPole-v1")
     answer = handshake_answer(server.address, hello_body)
-    if answer is None:  # zmq may drop the answer with the connection (issue 9, item 5)
+    if answer is None:  # zmq may drop the answer with the connection it closes
         assert listen_url.startswith("zmq")
     else:
         assert isinstance(answer, Error) and answer.code == "protocol"

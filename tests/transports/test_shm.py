@@ -536,7 +536,7 @@ def test_sigint_unlinks_and_keyboard_interrupt_still_happens() -> None:
 
 
 def test_sigkill_orphans_are_swept_by_listen_and_by_relay_cleanup() -> None:
-    # Other test runs on this machine sweep /dev/shm too, so only the end
+    # Other processes (a parallel test run) may sweep /dev/shm too, so only the end
     # state is asserted here; the reporting is checked in the next test.
     proc, _ = start_peer("pending")
     proc.kill()

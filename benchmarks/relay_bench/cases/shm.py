@@ -86,9 +86,9 @@ class _RawEnd:
         n = len(data)
         self.out[_DATA:_DATA + n] = data
         self.wseq += 1
-        # the length first, then the sequence word: packing both at once let the
-        # reader see the new sequence with the old length (an empty request ended
-        # the server, and the client waited for ever)
+        # the length first, then the sequence word: packed at once, the reader
+        # could see the new sequence with the old length (an empty request ends
+        # the server, and the client would wait for ever)
         _U64.pack_into(self.out, 8, n)
         _U64.pack_into(self.out, 0, self.wseq)
         if self.kind == "sem":
@@ -237,7 +237,7 @@ def _serve_raw(kind: str) -> None:
                 end.send(reply)
     finally:  # names first: nothing below may stop them from being unlinked
         # the client terminates us as soon as it is done: a SIGTERM now would cut
-        # this cleanup short (it left /tmp/rawb-*.sock behind, one per run)
+        # this cleanup short and leave /tmp/rawb-*.sock behind
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if kind == "sem":
             for sem_name in ("sem_c2s", "sem_s2c"):

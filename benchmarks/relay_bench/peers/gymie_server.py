@@ -43,7 +43,8 @@ DEFAULT_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / 
 
 GYMIE_REQUIREMENTS: tuple[tuple[str, ...], ...] = (
     ("gymie==0.5.4",),
-    # Gymie pins eventlet 0.28, which fails at import on Python 3.11 (FACTS.md).
+    # Gymie pins eventlet 0.28, which fails at import on Python 3.11; 0.36.1 with
+    # dnspython 2 runs Gymie unchanged.
     ("eventlet==0.36.1", "dnspython>=2"),
 )
 
