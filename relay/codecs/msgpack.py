@@ -23,7 +23,11 @@ against a whitelist and shapes against the byte length before allocation.
 Each extension payload is unpacked by a nested ``msgpack.unpackb``, whose
 unpacking stack (about 40 KiB) lives on the C stack: decoding counts those
 nested calls and stops at :data:`~relay.codecs.base.NESTING_LIMIT`, so a
-crafted frame cannot overflow the C stack.
+crafted frame cannot overflow the C stack.  The exact nesting of a message is
+walked (:func:`~relay.codecs.base.check_nesting`) only when frame 0 has more
+bytes that could be container headers than the limit allows levels: each
+level of a value needs a header of its own in frame 0, and most messages
+have a handful.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from relay.codecs.base import (
     Buffer,
     array_from_buffer,
     check_dtype,
+    check_nesting,
     envelope_from_parts,
     envelope_to_parts,
     object_array,
@@ -58,6 +63,21 @@ EXT_OBJECTS = 5
 
 OUT_OF_BAND_BYTES = 1024
 """Arrays of at least this many bytes travel as a frame of their own."""
+
+_NOT_HEADERS = bytes(b for b in range(256) if not (
+    0x80 <= b <= 0x9F  # fixmap, fixarray
+    or 0xC7 <= b <= 0xC9 or 0xD4 <= b <= 0xD8  # ext 8/16/32, fixext
+    or 0xDC <= b <= 0xDF))  # array 16/32, map 16/32
+"""Every byte that cannot start a MessagePack container (deleted to count the others)."""
+
+
+def _check_nesting(frame: Buffer, body: Any) -> None:
+    """:func:`check_nesting` of ``body``, skipped when ``frame`` (frame 0, with the
+    ``[id, tag, body]`` array header) cannot hold NESTING_LIMIT + 1 nested headers."""
+    if len(frame) > NESTING_LIMIT:
+        data = frame if type(frame) is not memoryview else bytes(frame)
+        if len(data.translate(None, _NOT_HEADERS)) > NESTING_LIMIT:  # type: ignore[union-attr]
+            check_nesting(body)
 
 try:  # gymnasium is a dependency, but keep the codec importable without it
     from gymnasium.spaces.graph import GraphInstance
@@ -130,14 +150,16 @@ class MsgpackCodec:
         request_id, tag, body = envelope_to_parts(envelope)
         try:
             frames[0] = encoder.outer.pack([request_id, tag, body])
-        except RecursionError:  # a deep tuple used as a map key (values are checked)
+        except RecursionError:  # deep tuples recurse through default()
             encoder.outer.reset()
             raise too_deep() from None
-        except (TypeError, ValueError, OverflowError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # or msgpack's own depth limit
             encoder.outer.reset()
+            check_nesting(body)
             raise CodecError(f"cannot encode {tag!r}: {exc}") from exc
         finally:
             encoder.frames = []
+        _check_nesting(frames[0], body)
         return frames
 
     def decode(self, frames: Sequence[Buffer], *, zero_copy: bool = False) -> Envelope:
@@ -196,6 +218,7 @@ class MsgpackCodec:
             ext_hook = None  # type: ignore[assignment]
         if len(used) != len(frames) - 1:
             raise CodecError(f"{len(frames) - 1 - len(used)} frame(s) not referred to")
+        _check_nesting(frames[0], body)
         return envelope_from_parts(request_id, tag, body)
 
 
