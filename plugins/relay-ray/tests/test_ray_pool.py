@@ -47,9 +47,15 @@ def test_actors_on_the_learners_node_use_shm(nodes):
 
 
 def test_transport_can_be_forced(nodes):
-    with relay_ray.ActorPool("CartPole-v1", 1, num_cpus=0, resources={"head": 1},
-                             transport="tcp") as pool:
-        assert pool.urls[0].startswith("tcp://127.0.0.1:")
+    for scheme in ("tcp", "zmq+tcp"):
+        with relay_ray.ActorPool("CartPole-v1", 1, num_cpus=0, resources={"head": 1},
+                                 transport=scheme) as pool:
+            assert pool.urls[0].startswith(f"{scheme}://127.0.0.1:")
+            envs = pool.make_vec(num_envs=2)
+            try:
+                assert envs.reset(seed=0)[0].shape == (2, 4)
+            finally:
+                envs.close()
     with pytest.raises(relay.ConfigError, match="not on this driver's node"):
         relay_ray.ActorPool("CartPole-v1", 1, num_cpus=0, resources={"a": 1}, transport="shm")
 
