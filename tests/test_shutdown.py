@@ -22,12 +22,8 @@ TESTS = str(Path(__file__).parent)  # marker_env
 sys.path.insert(0, TESTS)
 import marker_env  # noqa: E402
 
-ZMQ_DROPS = ("libzmq drops the messages a DEALER has not read yet when the server's ROUTER "
-             "closes (reconnection is off): an idle zmq client may get a bare ConnectionLost")
 LISTEN = ["memory://0", "ws://127.0.0.1:0/relay", "shm://0", "grpc://127.0.0.1:0",
-          "tcp://127.0.0.1:0",
-          pytest.param("zmq+tcp://127.0.0.1:0",
-                       marks=pytest.mark.xfail(reason=ZMQ_DROPS, strict=False))]
+          "tcp://127.0.0.1:0", "zmq+tcp://127.0.0.1:0"]
 
 
 def step_until_closing(env, error: type[relay.ConnectionLost] = relay.ServerClosing,
@@ -111,9 +107,7 @@ def test_relay_serve_stops_gracefully_on_a_signal(transport: str, signum: int,
             env.reset(seed=0)
             env.step(0)
             proc.send_signal(signum)
-            # zmq: see ZMQ_DROPS (ServerClosing is a ConnectionLost)
-            step_until_closing(env, relay.ConnectionLost if transport == "zmq+ipc"
-                               else relay.ServerClosing)
+            step_until_closing(env)
         finally:
             env.close()
         assert proc.wait(10) == 0, proc.stderr.read() if proc.stderr else ""

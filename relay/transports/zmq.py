@@ -8,7 +8,8 @@ Design (one port or ipc path per server, one server thread per channel):
   little-endian); ``accept`` answers ``[b"relay-zmq/2", LIMIT]`` with the
   server's own and returns the channel of that client (its ROUTER routing
   id).  A first message that is not a hello is ignored.  ``connect`` returns
-  once the answer came, retrying a refused connection until its deadline.
+  once the answer came (ZeroMQ retries a refused connection meanwhile, so a
+  server still starting is waited for until the deadline).
   Both sides then know the other's limit: ``send`` refuses a message over
   either with ``MessageTooLarge`` naming it, where ZeroMQ itself would drop
   the connection without a word (``MAXMSGSIZE``).
@@ -49,11 +50,16 @@ Design (one port or ipc path per server, one server thread per channel):
   left from the file descriptor in the event: each client's descriptor is
   taken from its hello (``ZMQ_SRCFD``), after reading the monitor, so a
   reused descriptor number is never mistaken for an earlier client's (a
-  hello arriving on a descriptor ends the client that had it).  Reconnection
-  is disabled on clients, and ZMTP heartbeats (:data:`HEARTBEAT_IVL_MS`,
-  :data:`HEARTBEAT_TIMEOUT_MS`) drop a peer that stopped answering (a frozen
-  process, a lost machine), so a dead peer is noticed within
-  :data:`CHECK_INTERVAL` seconds of its connection closing.
+  hello arriving on a descriptor ends the client that had it).  ZMTP
+  heartbeats (:data:`HEARTBEAT_IVL_MS`, :data:`HEARTBEAT_TIMEOUT_MS`) drop a
+  peer that stopped answering (a frozen process, a lost machine), so a dead
+  peer is noticed within :data:`CHECK_INTERVAL` seconds of its connection
+  closing.  A client's DEALER keeps ZeroMQ's reconnection on although its
+  channel is lost at the first disconnect: with reconnection off, libzmq
+  drops the messages that arrived but were not read yet as soon as it
+  processes the disconnect (any ``poll`` or ``send`` does), and an idle
+  client would lose the server's last words (``ServerClosing``).  The
+  socket is closed once those are read.
 
 Safety settings: ``LINGER 0`` on every client socket (closing never blocks)
 and :data:`CLOSE_LINGER_MS` on the listener (so close notices and final error
@@ -127,9 +133,6 @@ CHECK_INTERVAL = 0.1
 """Seconds a waiting ``recv`` blocks before it looks at the monitor (peer death)."""
 CHECK_INTERVAL_MS = int(CHECK_INTERVAL * 1000)
 
-RETRY_INTERVAL = 0.05
-"""Seconds between ``connect`` attempts while the server refuses connections."""
-
 ZERO_COPY_MIN = 1 << 20
 """Frames from this size (bytes) on are sent without a copy.  Below it a copy is
 cheaper: pyzmq's zero-copy send costs ~25 µs (a Frame, a release callback through
@@ -137,7 +140,7 @@ its garbage-collector thread) while copying 150 KB costs ~5 µs (measured here).
 
 _FATAL_EVENTS = (
     zmq.EVENT_DISCONNECTED
-    | zmq.EVENT_CLOSED  # a connecting socket gave up (reconnection is disabled)
+    | zmq.EVENT_CLOSED
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -396,6 +399,7 @@ class ZmqChannel:
                     if self._lost is None:
                         self._check_monitor()
                     if self._lost is not None:
+                        self._teardown()  # nothing left to read: stop reconnecting too
                         raise ConnectionLost(self._lost) from None
                     if timeout is None:
                         continue
@@ -432,35 +436,23 @@ class ZmqChannel:
         self._teardown()
         raise ConnectionLost(self._lost)
 
-    def _hello(self, deadline: float) -> bool:
+    def _hello(self, target: str, timeout: float) -> None:
         """Send the hello and wait for the server's answer (its limit lowers ours for sends).
 
-        Returns False if the connection was refused or closed before the answer.
-
         Raises:
-            ConnectError: the deadline passed, or the answer is not relay-zmq.
+            ConnectError: no answer within ``timeout`` seconds, or not a relay-zmq one.
         """
         sock = self._sock
         sock.send_multipart([MAGIC, self._limit.to_bytes(_LIMIT_BYTES, "little")], zmq.NOBLOCK)
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._monitor, zmq.POLLIN)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ConnectError(f"{self._name}: no relay server answered in time")
-            ready = dict(poller.poll(_ms(remaining)))
-            if self._monitor in ready:
-                if any(event & _FATAL_EVENTS for event, _ in _events(self._monitor)):
-                    return False
-            if sock in ready:
-                answer = sock.recv_multipart(zmq.NOBLOCK)
-                if (len(answer) != 2 or answer[0] != MAGIC
-                        or len(answer[1]) != _LIMIT_BYTES):
-                    raise ConnectError(f"{self._name}: the peer is not a relay-zmq/2 server "
-                                       f"(it answered {answer[0][:40]!r})")
-                self._send_limit = min(self._limit, int.from_bytes(answer[1], "little"))
-                return True
+        if not sock.poll(_ms(timeout)):
+            raise ConnectError(f"no relay server answered at {target} within {timeout} s")
+        answer = sock.recv_multipart(zmq.NOBLOCK)
+        if len(answer) != 2 or answer[0] != MAGIC or len(answer[1]) != _LIMIT_BYTES:
+            raise ConnectError(f"{target} is not a relay-zmq/2 server "
+                               f"(it answered {answer[0][:40]!r})")
+        self._send_limit = min(self._limit, int.from_bytes(answer[1], "little"))
+        for _ in _events(self._monitor):  # refused attempts and retries before the answer
+            pass
 
     def _check_monitor(self) -> None:
         """Drain monitor events; note in ``_lost`` that the peer is gone."""
@@ -975,39 +967,31 @@ class ZmqTransport:
         return ZmqListener(url, settings)
 
     def connect(self, url: URL, settings: Settings, *, timeout: float) -> ZmqChannel:
-        """Connect a DEALER to ``url`` and exchange hellos, retrying refused
-        connections (a server still starting) until ``timeout`` seconds.
+        """Connect a DEALER to ``url`` and exchange hellos, waiting up to
+        ``timeout`` seconds (for a server still starting, too).
 
         Raises:
             ConnectError: no relay server answered within ``timeout`` seconds.
         """
         _check(url)
-        deadline = time.monotonic() + timeout
         target = url.render()
-        while True:
-            sock = _socket(zmq.DEALER, settings.max_message_size, ConnectError)
-            channel: ZmqChannel | None = None
-            try:
-                with _native(f"cannot connect to {target}", ConnectError):
-                    sock.setsockopt(zmq.RECONNECT_IVL, -1)
-                    if url.scheme == "zmq+tcp" and ":" in url.host:
-                        sock.setsockopt(zmq.IPV6, 1)
-                    channel = ZmqChannel(sock, _monitor(sock, _FATAL_EVENTS), settings,
-                                         name=f"{target} (client)", spin=spin_ns(url))
-                    sock.connect(_endpoint(url))
-                    if channel._hello(deadline):
-                        return channel
-            except BaseException:
-                if channel is not None:
-                    channel.close()
-                elif not sock.closed:
-                    sock.close(0)
-                raise
-            channel.close()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ConnectError(f"no relay server answered at {target} within {timeout} s")
-            time.sleep(min(RETRY_INTERVAL, remaining))
+        sock = _socket(zmq.DEALER, settings.max_message_size, ConnectError)
+        channel: ZmqChannel | None = None
+        try:
+            with _native(f"cannot connect to {target}", ConnectError):
+                if url.scheme == "zmq+tcp" and ":" in url.host:
+                    sock.setsockopt(zmq.IPV6, 1)
+                channel = ZmqChannel(sock, _monitor(sock, _FATAL_EVENTS), settings,
+                                     name=f"{target} (client)", spin=spin_ns(url))
+                sock.connect(_endpoint(url))
+                channel._hello(target, timeout)
+        except BaseException:
+            if channel is not None:
+                channel.close()
+            elif not sock.closed:
+                sock.close(0)
+            raise
+        return channel
 
 
 def _check_ipc_path_free(url: URL) -> None:
