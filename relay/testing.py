@@ -17,7 +17,7 @@ death, the message-size limit, the small limit before the handshake, several
 clients on one listening port, idempotent close, the real bound address, and
 work in a process holding over 1,024 file descriptors.  With :meth:`TransportCompliance.declare`
 implemented it also checks that lengths a peer declares allocate nothing.
-It needs pytest.
+Only :class:`TransportCompliance` needs pytest; the module imports without it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,11 @@ from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
-import pytest
+
+try:
+    import pytest
+except ImportError:  # only TransportCompliance needs pytest (it has no use without it)
+    pytest = None  # type: ignore[assignment]
 
 from relay.core.config import Settings
 from relay.core.errors import ConnectError, ConnectionLost, MessageTooLarge, Timeout
@@ -44,6 +48,19 @@ from relay.transports.base import HANDSHAKE_LIMIT, Channel, Listener
 __all__ = ["FaultyEnv", "ScaleReward", "TransportCompliance", "assert_same_infos",
            "check_env_as_local", "faulty", "make_certificate", "run_both"]
 
+
+
+def _fixture(function: Any) -> Any:
+    """``pytest.fixture``, or the function unchanged when pytest is missing."""
+    return function if pytest is None else pytest.fixture(function)
+
+
+def _needs_proc(function: Any) -> Any:
+    """Skip a test where ``/proc/self/statm`` (the process's memory) is missing."""
+    if pytest is None:
+        return function
+    return pytest.mark.skipif(not os.path.exists("/proc/self/statm"),
+                              reason="reads /proc")(function)
 
 class FaultyEnv(gym.Env[np.ndarray, Any]):
     """Raises ``ZeroDivisionError`` on action 1, sleeps 1 s on action 2, else counts.
@@ -234,18 +251,18 @@ class TransportCompliance:
     #: a URL where nobody listens, for the connect-failure test (None: skip it)
     unreachable_url: str | None = None
 
-    @pytest.fixture
+    @_fixture
     def settings(self) -> Settings:
         return Settings(max_message_size=self.max_message_size, connect_timeout=3.0)
 
-    @pytest.fixture
+    @_fixture
     def listener(self, settings: Settings) -> Iterator[Listener]:
         url = make_url(self.url)
         listener = get_transport(url.scheme).listen(url, settings)
         yield listener
         listener.close()
 
-    @pytest.fixture
+    @_fixture
     def pair(self, listener: Listener, settings: Settings) -> Iterator[tuple[Channel, Channel]]:
         client, server = self.connect_pair(listener, settings)
         yield client, server
@@ -494,12 +511,12 @@ class TransportCompliance:
                 closable.close()
             listener.close()
 
-    @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads /proc")
+    @_needs_proc
     def test_declared_lengths_before_handshake_allocate_nothing(self) -> None:
         grown = self._hostile_clients(128 << 20, handshaken=False)
         assert grown < 32 << 20, f"4 declarations of 128 MiB grew the listener by {grown} bytes"
 
-    @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads /proc")
+    @_needs_proc
     def test_declared_lengths_after_handshake_allocate_nothing(self) -> None:
         grown = self._hostile_clients(128 << 20, handshaken=True)
         assert grown < 32 << 20, f"4 declarations of 128 MiB grew the listener by {grown} bytes"

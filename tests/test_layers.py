@@ -19,7 +19,8 @@ LAYERS = [  # lowest first: (layer name, module prefixes)
     ("drivers", ("relay.connection", "relay.server", "relay.access", "relay.batching",
                  "relay.workers")),
     ("adapters and compat", ("relay.adapters", "relay.compat")),
-    ("public package and entry points", ("relay.cli", "relay.__main__", "relay.testing")),
+    ("public package and entry points", ("relay.cli", "relay.__main__", "relay.plugin",
+                                         "relay.testing")),
 ]
 
 CORE_MAY_NOT_IMPORT = {  # the core is sans-I/O and knows no peer's library

@@ -136,6 +136,8 @@ from relay.transports.base import (
     spin_ns,
     spin_until,
 )
+from relay.transports.framing import pack, unpack
+from relay.transports.options import Keepalive, TLSOptions, option
 from relay.transports.tls import diagnose
 
 try:  # grpcio internals behind the in-thread timed reads (_CallReader, _RequestReader)
@@ -157,7 +159,6 @@ SERVICE = "relay.v1.Relay"
 METHOD = f"/{SERVICE}/Channel"
 """The full gRPC method name of a relay channel."""
 
-_COUNT = struct.Struct("<I")
 _MAX_GRPC_LENGTH = 2**31 - 1
 _HEADER_ALLOWANCE = 64 * 1024  # frame header bytes on top of max_message_size
 _END = object()
@@ -169,55 +170,16 @@ TLS_LOOK_EVERY = 0.5
 """Seconds between such looks while nobody answers (the server may start meanwhile)."""
 
 
-def pack(frames: Sequence[Buffer]) -> bytes:
-    """One relay message as the bytes of one gRPC message (see the module docstring)."""
-    lengths = [memoryview(f).nbytes for f in frames]
-    header = struct.pack(f"<I{len(lengths)}Q", len(lengths), *lengths)
-    return b"".join([header, *frames])
-
-
-def unpack(data: bytes) -> list[memoryview]:
-    """The frames of a gRPC message made by :func:`pack` (views into ``data``).
-
-    Raises:
-        ValueError: the header does not match the length of ``data``.
-    """
-    view = memoryview(data)
-    (count,) = _COUNT.unpack_from(view, 0)
-    offset = _COUNT.size + 8 * count
-    if offset > len(view):
-        raise ValueError(f"header announces {count} frames but the message has {len(view)} bytes")
-    lengths = struct.unpack_from(f"<{count}Q", view, _COUNT.size)
-    if offset + sum(lengths) != len(view):
-        raise ValueError("frame lengths do not add up to the message length")
-    frames = []
-    for length in lengths:
-        frames.append(view[offset:offset + length])
-        offset += length
-    return frames
-
-
 def _grpc_limit(settings: Settings) -> int:
     return min(settings.max_message_size + _HEADER_ALLOWANCE, _MAX_GRPC_LENGTH)
 
 
-def _float_option(url: URL, name: str, default: float) -> float:
-    text = url.query.get(name)
-    if text is None:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"URL option {name}={text!r} must be a number of seconds") from None
-    if value <= 0:
-        raise ConfigError(f"URL option {name}={text!r} must be positive")
-    return value
-
-
 def _options(url: URL, settings: Settings, *, server: bool) -> list[tuple[str, Any]]:
     limit = _grpc_limit(settings)
-    keepalive_ms = int(_float_option(url, "keepalive", 10.0) * 1000)
-    keepalive_timeout_ms = int(_float_option(url, "keepalive_timeout", 5.0) * 1000)
+    keepalive = Keepalive.from_url(url, interval=10.0, timeout=5.0)
+    assert keepalive.interval is not None and keepalive.timeout is not None  # never disabled
+    keepalive_ms = int(keepalive.interval * 1000)
+    keepalive_timeout_ms = int(keepalive.timeout * 1000)
     options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", limit),
         ("grpc.max_receive_message_length", limit),
@@ -243,13 +205,10 @@ def _options(url: URL, settings: Settings, *, server: bool) -> list[tuple[str, A
             ("grpc.max_reconnect_backoff_ms", 1000),
             ("grpc.enable_retries", 0),
         ]
-        if url.query.get("server_name"):
-            options.append(("grpc.ssl_target_name_override", url.query["server_name"]))
+        server_name = option(url, "server_name")
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
     return options
-
-
-def _tls_path(url: URL, name: str) -> str | None:
-    return url.query.get(name) or os.environ.get(f"RELAY_TLS_{name.upper()}") or None
 
 
 def _tls_problem(url: URL, timeout: float) -> str | None:
@@ -258,12 +217,12 @@ def _tls_problem(url: URL, timeout: float) -> str | None:
     if url.scheme == "grpcs":
         ca = tls_file(url, "ca")
         context = ssl.create_default_context(cadata=ca.decode() if ca else None)
-        cert = _tls_path(url, "cert")
-        if cert:
-            context.load_cert_chain(cert, _tls_path(url, "key"))
+        tls = TLSOptions.from_url(url)
+        if tls.cert:
+            context.load_cert_chain(tls.cert, tls.key)
         context.set_alpn_protocols(["h2"])
     return diagnose(url.host or "127.0.0.1", url.port or 0, context, timeout=timeout,
-                    server_hostname=url.query.get("server_name") or None,
+                    server_hostname=option(url, "server_name"),
                     tls_scheme="grpcs://")
 
 
@@ -273,18 +232,7 @@ def tls_file(url: URL, name: str, *, required: bool = False) -> bytes | None:
     Raises:
         ConfigError: a required option is missing, or the file cannot be read.
     """
-    path = _tls_path(url, name)
-    if not path:
-        if required:
-            raise ConfigError(
-                f"{url.scheme}:// needs the URL option {name}=PATH (or RELAY_TLS_{name.upper()})"
-            )
-        return None
-    try:
-        with open(path, "rb") as file:
-            return file.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the TLS file {name}={path!r}: {exc}") from exc
+    return TLSOptions.from_url(url).read(name, scheme=url.scheme, required=required)
 
 
 def _target(url: URL) -> str:

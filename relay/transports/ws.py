@@ -37,12 +37,19 @@ WebSocket length allocates nothing by itself.
 URL options (query string; settings such as ``codec`` or ``timeout`` are read
 elsewhere):
 
-``certfile``, ``keyfile``  (server, ``wss://``) PEM certificate chain and key
-                           (``keyfile`` may be omitted when ``certfile`` holds both)
-``cafile``                 (client, ``wss://``) PEM of the CA(s) to trust, e.g. a
+``cert``, ``key``          (server, ``wss://``) PEM certificate chain and key
+                           (``key`` may be omitted when ``cert`` holds both)
+``client_ca``              (server, ``wss://``) require client certificates signed
+                           by these CAs
+``ca``                     (client, ``wss://``) PEM of the CA(s) to trust, e.g. a
                            self-signed server certificate; default: the system's
-``ping_interval``          seconds between keepalive pings, 0 disables (default 20)
-``ping_timeout``           seconds to wait for the pong before closing (default 20)
+``keepalive``              seconds between keepalive pings, 0 disables (default 20)
+``keepalive_timeout``      seconds to wait for the pong before closing (default 20)
+
+These are the names every transport uses (:mod:`relay.transports.options`,
+also for the ``RELAY_TLS_<NAME>`` environment variables); the former
+``certfile``, ``keyfile``, ``cafile``, ``ping_interval`` and ``ping_timeout``
+still work and warn.
 
 Authentication: when ``settings.token`` is set, the client sends
 ``Authorization: Bearer <token>`` in the HTTP upgrade request (never in the
@@ -76,7 +83,6 @@ from typing import Any, NoReturn
 from relay.codecs.base import Buffer
 from relay.core.config import Settings
 from relay.core.errors import (
-    ConfigError,
     ConnectError,
     ConnectionLost,
     InvalidURL,
@@ -87,6 +93,17 @@ from relay.core.errors import (
 )
 from relay.core.url import URL
 from relay.transports.base import HANDSHAKE_LIMIT, over_limit, readable, spin_ns, spin_until
+from relay.transports.framing import (
+    COUNT,
+    check_lengths,
+    header_size,
+    pack_header,
+    read_count,
+    read_lengths,
+    unpack,
+)
+from relay.transports.framing import unpack as unpack_message
+from relay.transports.options import Keepalive, TLSOptions
 from relay.transports.tls import diagnose
 
 try:
@@ -142,56 +159,15 @@ CLOSE_TIMEOUT = 1.0
 """Seconds a closing side waits for the peer's close frame before hanging up."""
 READ_SIZE = 1 << 18
 """Bytes asked from the socket per read."""
-SERVER_ONLY_OPTIONS = ("certfile", "keyfile")
+SERVER_ONLY_OPTIONS = ("cert", "key", "client_ca", "certfile", "keyfile")
 USER_AGENT = f"relay websockets/{websockets.__version__}"
 
-_U32 = struct.Struct("<I")
 _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 
 
 def _ws_max_size(limit: int) -> int:
     """The WebSocket message size limit for relay messages of up to ``limit`` frame bytes."""
     return limit + min(HEADER_ROOM, limit)
-
-
-def pack_header(lengths: Sequence[int]) -> bytes:
-    """The header of a relay message with frames of these byte lengths."""
-    return struct.pack(f"<I{len(lengths)}Q", len(lengths), *lengths)
-
-
-def _parse_header(data: Buffer, limit: int) -> tuple[int, tuple[int, ...]]:
-    """``(header size, frame lengths)``.  Raises ValueError, MessageTooLarge."""
-    view = memoryview(data)
-    if view.nbytes < 4:
-        raise ValueError(f"message of {view.nbytes} bytes has no relay header")
-    (count,) = _U32.unpack_from(view)
-    start = 4 + 8 * count
-    if start > view.nbytes:
-        raise ValueError(f"header announces {count} frames, message has {view.nbytes} bytes")
-    lengths = struct.unpack_from(f"<{count}Q", view, 4)
-    total = sum(lengths)
-    if total > limit:
-        raise MessageTooLarge(total, limit)
-    return start, lengths
-
-
-def unpack_message(data: Buffer, limit: int) -> list[Buffer]:
-    """Split one received WebSocket message into relay frames (views of ``data``).
-
-    Raises:
-        ValueError: the header is malformed or the lengths do not add up.
-        MessageTooLarge: the frames hold more than ``limit`` bytes.
-    """
-    start, lengths = _parse_header(data, limit)
-    view = memoryview(data)
-    if start + sum(lengths) != view.nbytes:
-        raise ValueError(f"frames add up to {start + sum(lengths)} bytes, "
-                         f"message has {view.nbytes}")
-    frames: list[Buffer] = []
-    for length in lengths:
-        frames.append(view[start:start + length])
-        start += length
-    return frames
 
 
 def _unpack_fragments(fragments: list[bytes], limit: int) -> list[Buffer]:
@@ -202,12 +178,20 @@ def _unpack_fragments(fragments: list[bytes], limit: int) -> list[Buffer]:
     the frames: no join, no copy.  Otherwise they are joined and split.
     """
     if len(fragments) > 1:
-        start, lengths = _parse_header(fragments[0], limit)
-        if start == len(fragments[0]) and len(lengths) == len(fragments) - 1 and all(
+        first = memoryview(fragments[0])
+        if first.nbytes < COUNT.size:
+            raise ValueError(f"message of {first.nbytes} bytes has no relay header")
+        count = read_count(first)
+        start = header_size(count)
+        if start > first.nbytes:
+            return unpack(b"".join(fragments), limit)
+        lengths = read_lengths(first, count)
+        check_lengths(lengths, limit)
+        if start == first.nbytes and len(lengths) == len(fragments) - 1 and all(
                 len(f) == n for f, n in zip(fragments[1:], lengths, strict=True)):
             return list(fragments[1:])
-        return unpack_message(b"".join(fragments), limit)
-    return unpack_message(fragments[0], limit)
+        return unpack(b"".join(fragments), limit)
+    return unpack(fragments[0], limit)
 
 
 def _describe_close(protocol: Any) -> str:
@@ -547,19 +531,8 @@ def _bytes_view(frame: Buffer) -> Buffer:
     return view
 
 
-def _options(url: URL) -> dict[str, float | None]:
-    values: dict[str, float | None] = {}
-    for key in ("ping_interval", "ping_timeout"):
-        text = url.query.get(key)
-        if text is None:
-            values[key] = 20.0
-            continue
-        try:
-            value = float(text)
-        except ValueError:
-            raise InvalidURL(str(url), f"{key} must be a number of seconds, got {text!r}") from None
-        values[key] = value if value > 0 else None
-    return values
+def _keepalive(url: URL) -> Keepalive:
+    return Keepalive.from_url(url, interval=20.0, timeout=20.0, zero_disables=True)
 
 
 def _hostport(url: URL) -> tuple[str, int]:
@@ -691,7 +664,7 @@ class WsListener:
         self._url = url
         self._settings = settings
         self._path = url.path
-        self._options = _options(url)
+        self._keepalive = _keepalive(url)
         self._spin = spin_ns(url)
         self._ssl = server_ssl_context(url) if url.scheme == "wss" else None
         self._pending: queue.SimpleQueue[WsChannel | None] = queue.SimpleQueue()
@@ -794,8 +767,8 @@ class WsListener:
             sock.close()
             return
         _blocking_with_send_deadline(sock, self._settings.timeout)
-        conn = _Conn(sock, protocol, ping_interval=self._options["ping_interval"],
-                     ping_timeout=self._options["ping_timeout"],
+        conn = _Conn(sock, protocol, ping_interval=self._keepalive.interval,
+                     ping_timeout=self._keepalive.timeout,
                      send_timeout=self._settings.timeout, name="server", spin=self._spin)
         channel = WsChannel(conn, self._settings.max_message_size, path=request.path,
                             on_close=self._forget)
@@ -840,28 +813,13 @@ class WsListener:
 
 
 def server_ssl_context(url: URL) -> ssl.SSLContext:
-    """TLS context of a ``wss://`` server from ``?certfile=PEM[&keyfile=PEM]``.
+    """TLS context of a ``wss://`` server from ``?cert=PEM[&key=PEM][&client_ca=PEM]``
+    (:meth:`relay.transports.options.TLSOptions.server_context`).
 
     Raises:
-        ConfigError: no certfile, or the certificate cannot be loaded.
+        ConfigError: no cert, or a file cannot be loaded.
     """
-    certfile = url.query.get("certfile")
-    if not certfile:
-        raise ConfigError(f"{url.render()}: a wss:// server needs ?certfile=PEM[&keyfile=PEM]")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(certfile, url.query.get("keyfile") or None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the TLS certificate {certfile!r}: {exc}") from exc
-    return context
-
-
-def _client_ssl(url: URL) -> ssl.SSLContext:
-    cafile = url.query.get("cafile") or None
-    try:
-        return ssl.create_default_context(cafile=cafile)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the CA file {cafile!r}: {exc}") from exc
+    return TLSOptions.from_url(url).server_context(url.scheme)
 
 
 class WsTransport:
@@ -882,7 +840,7 @@ class WsTransport:
                 101 (401 for a wrong token, 404 for a wrong path).
         """
         host, port = _hostport(url)
-        context = _client_ssl(url) if url.scheme == "wss" else None
+        context = TLSOptions.from_url(url).client_context() if url.scheme == "wss" else None
         try:
             wsuri = parse_uri(f"{url.scheme}://{url.address}")
         except InvalidURI as exc:
@@ -924,8 +882,8 @@ class WsTransport:
                 raise TLSError(f"cannot connect to {url.render()}: {problem}") from exc
             raise ConnectError(f"cannot connect to {url.render()}: {exc}") from exc
         _blocking_with_send_deadline(sock, settings.timeout)
-        options = _options(url)
-        conn = _Conn(sock, protocol, ping_interval=options["ping_interval"],
-                     ping_timeout=options["ping_timeout"], send_timeout=settings.timeout,
+        keepalive = _keepalive(url)
+        conn = _Conn(sock, protocol, ping_interval=keepalive.interval,
+                     ping_timeout=keepalive.timeout, send_timeout=settings.timeout,
                      name="client", spin=spin_ns(url))
         return WsChannel(conn.start(rest), settings.max_message_size, path=url.path)

@@ -62,17 +62,17 @@ class TestWss(TransportCompliance):
     @pytest.fixture(autouse=True)
     def _tls_url(self, certificate: tuple[Path, Path]) -> None:
         certfile, keyfile = certificate
-        # the client side reads cafile; the server side certfile/keyfile
-        self.url = f"wss://127.0.0.1:0/relay?certfile={certfile}&keyfile={keyfile}&cafile={certfile}"
+        # the client side reads ca; the server side cert/key
+        self.url = f"wss://127.0.0.1:0/relay?cert={certfile}&key={keyfile}&ca={certfile}"
 
 
 def test_wss_refuses_an_untrusted_certificate(certificate: tuple[Path, Path]) -> None:
     certfile, keyfile = certificate
-    url = make_url(f"wss://127.0.0.1:0/relay?certfile={certfile}&keyfile={keyfile}")
+    url = make_url(f"wss://127.0.0.1:0/relay?cert={certfile}&key={keyfile}")
     settings = Settings(connect_timeout=3.0)
     listener = get_transport("wss").listen(url, settings)
     try:
-        assert "certfile" not in listener.address.query
+        assert "cert" not in listener.address.query
         with pytest.raises(ConnectError, match="certificate"):
             get_transport("wss").connect(listener.address, settings, timeout=3.0)
     finally:
@@ -91,13 +91,13 @@ def test_tls_problems_are_tls_errors_at_once(certificate: tuple[Path, Path], tmp
     tls_server = case != "TLS client, plain server"
     settings = Settings(connect_timeout=20.0)
     listener = get_transport("wss" if tls_server else "ws").listen(make_url(
-        f"wss://127.0.0.1:0/relay?certfile={certfile}&keyfile={keyfile}" if tls_server
+        f"wss://127.0.0.1:0/relay?cert={certfile}&key={keyfile}" if tls_server
         else "ws://127.0.0.1:0/relay"), settings)
     port = listener.address.port
     url = make_url({
-        "wrong CA": f"wss://127.0.0.1:{port}/relay?cafile={other}",
+        "wrong CA": f"wss://127.0.0.1:{port}/relay?ca={other}",
         "plain client, TLS server": f"ws://127.0.0.1:{port}/relay",
-        "TLS client, plain server": f"wss://127.0.0.1:{port}/relay?cafile={certfile}",
+        "TLS client, plain server": f"wss://127.0.0.1:{port}/relay?ca={certfile}",
     }[case])
     try:
         start = time.monotonic()
@@ -117,8 +117,8 @@ def served_cartpole(request: pytest.FixtureRequest, certificate: tuple[Path, Pat
         client_options = ""
     else:
         certfile, keyfile = certificate
-        url = f"wss://127.0.0.1:0/relay?certfile={certfile}&keyfile={keyfile}"
-        client_options = f"?cafile={certfile}"
+        url = f"wss://127.0.0.1:0/relay?cert={certfile}&key={keyfile}"
+        client_options = f"?ca={certfile}"
     with relay.serve("CartPole-v1", url) as server:
         yield server.address.without_options().render() + client_options
 
@@ -193,7 +193,7 @@ class SlowEnv(gym.Wrapper):
 def test_long_step_survives_keepalive() -> None:
     """Pings every 0.1 s with a 0.5 s timeout on both sides (room for a loaded
     machine's scheduling delays); a step takes 1.5 s.  The answers are right."""
-    url = "ws://127.0.0.1:0/relay?ping_interval=0.1&ping_timeout=0.5"
+    url = "ws://127.0.0.1:0/relay?keepalive=0.1&keepalive_timeout=0.5"
     with relay.serve(lambda env_id, **kw: SlowEnv(gym.make("CartPole-v1")), url) as server:
         env = relay.make(server.address)
         local = gym.make("CartPole-v1")
@@ -283,12 +283,12 @@ def test_server_close_ends_client_connection() -> None:
 
 
 def test_keepalive_drops_a_silent_peer() -> None:
-    """A peer that never answers pings is dropped after ping_timeout (here 0.2 s)."""
+    """A peer that never answers pings is dropped after keepalive_timeout (here 0.2 s)."""
     from websockets.client import ClientProtocol
     from websockets.uri import parse_uri
 
     settings = Settings(connect_timeout=3.0)
-    url = make_url("ws://127.0.0.1:0/relay?ping_interval=0.1&ping_timeout=0.2")
+    url = make_url("ws://127.0.0.1:0/relay?keepalive=0.1&keepalive_timeout=0.2")
     listener = get_transport("ws").listen(url, settings)
     try:
         port = listener.address.port

@@ -12,7 +12,7 @@ import pytest
 
 from relay import URL, ConnectionLost, Settings, Timeout, make_url
 from relay.core.plugins import get_transport
-from relay.testing import TransportCompliance
+from relay.plugin import TransportCompliance
 
 
 def free_port() -> int:

@@ -1,19 +1,14 @@
 """relay-tcp's plugin hooks, named by the entry point ``[project.entry-points.relay] tcp``.
 
 Only a ``"module:Class"`` string is registered, so loading the plugin imports
-nothing but relay itself.
+no more than :mod:`relay.plugin`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import relay
-
-if TYPE_CHECKING:
-    from relay.core.plugins import Register
+from relay.plugin import Register, hookimpl
 
 
-@relay.hookimpl
+@hookimpl
 def relay_register_transports(register: Register) -> None:
     register("tcp", "relay_tcp.transport:TcpTransport", extra="relay-tcp")

@@ -1,6 +1,7 @@
 """``tcp://HOST:PORT``: relay messages over a plain TCP stream, standard library only.
 
-Wire format (this module is its source; all integers little-endian)::
+Wire format: relay's frame header (:mod:`relay.plugin`: ``pack_header``,
+``read_count``, ``read_lengths``; all integers little-endian)::
 
     message := header frame_0 frame_1 ... frame_{n-1}
     header  := n:u32  len_0:u64  len_1:u64 ... len_{n-1}:u64
@@ -9,7 +10,7 @@ Wire format (this module is its source; all integers little-endian)::
 A message is its header followed by the bytes of its frames, back to back,
 with no padding and no trailer.  The receiver checks ``n`` against
 :data:`MAX_FRAMES`, and ``sum(len_i)`` and ``8 n`` against the channel's
-receive limit (bytes: :data:`~relay.transports.base.HANDSHAKE_LIMIT` until
+receive limit (bytes: :data:`~relay.plugin.HANDSHAKE_LIMIT` until
 ``set_receive_limit`` raises it, which relay's session does after the
 handshake) as soon as the header is in; a declaration over it drops the
 connection (:class:`~relay.ConnectionLost` on the receiver, the listener keeps
@@ -38,13 +39,14 @@ import math
 import os
 import select  # poll() only: select.select fails for file descriptors >= 1024
 import socket
-import struct
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from relay import (
+from relay.plugin import (
+    HANDSHAKE_LIMIT,
+    MAX_FRAMES,
     URL,
     ConnectError,
     ConnectionLost,
@@ -53,15 +55,19 @@ from relay import (
     Settings,
     Timeout,
     TransportError,
+    check_count,
+    header_size,
+    map_errors,
+    over_limit,
+    pack_header,
+    read_count,
+    read_lengths,
+    spin_ns,
+    spin_until,
 )
-from relay.transports.base import HANDSHAKE_LIMIT, over_limit, spin_ns, spin_until
 
 __all__ = ["MAX_FRAMES", "TcpChannel", "TcpListener", "TcpTransport"]
 
-MAX_FRAMES = 1 << 16
-"""Most frames in one message (the header is then at most 512 KiB)."""
-
-_COUNT = struct.Struct("<I")
 _BUFFER_SIZE = 1 << 16  # receive buffer, bytes
 _DIRECT = _BUFFER_SIZE // 4  # frame rests at least this big are read straight into the frame
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
@@ -134,7 +140,7 @@ class TcpChannel:
             raise MessageTooLarge(size, self._limit)
         if len(views) > MAX_FRAMES:
             raise TransportError(f"{len(views)} frames is over the tcp limit of {MAX_FRAMES}")
-        header = struct.pack(f"<I{len(views)}Q", len(views), *(view.nbytes for view in views))
+        header = pack_header([view.nbytes for view in views])
         pending = [memoryview(header), *(view for view in views if view.nbytes)]
         deadline = time.monotonic() + self._send_timeout
         first = 0
@@ -183,22 +189,20 @@ class TcpChannel:
         lengths = self._lengths
         if lengths is None:
             available = self._end - self._start
-            if available < _COUNT.size:
+            if available < header_size(0):
                 return None
-            (count,) = _COUNT.unpack_from(self._buffer, self._start)
+            count = read_count(self._buffer, self._start)
             limit = self._receive_limit
-            if count > MAX_FRAMES or 8 * count > limit:
-                raise self._lose(f"{self._peer} declared {count} frames (limit "
-                                 f"{min(MAX_FRAMES, limit // 8)} with a receive limit of "
-                                 f"{limit} bytes)")
-            header_size = _COUNT.size + 8 * count
-            if available < header_size:
+            refused = check_count(count, limit)
+            if refused is not None:
+                raise self._lose(f"{self._peer} {refused}")
+            if available < header_size(count):
                 return None  # _fill grows the buffer as the header arrives
-            lengths = struct.unpack_from(f"<{count}Q", self._buffer, self._start + _COUNT.size)
+            lengths = read_lengths(self._buffer, count, self._start)
             size = sum(lengths)
             if size > limit:
                 raise self._lose(f"{self._peer} declared {over_limit(size, limit, self._limit)}")
-            self._start += header_size
+            self._start += header_size(count)
             self._lengths = lengths
         frames = self._frames
         while len(frames) < len(lengths):
@@ -384,10 +388,8 @@ class TcpTransport:
         """
         host, port = _host_port(url)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        try:
+        with map_errors({OSError: TransportError}, f"cannot listen on {url.render()}"):
             sock = socket.create_server((host, port), family=family, backlog=128)
-        except OSError as exc:
-            raise TransportError(f"cannot listen on {url.render()}: {exc}") from exc
         return TcpListener(sock, settings, spin_ns(url))
 
     def connect(self, url: URL, settings: Settings, *, timeout: float) -> TcpChannel:
@@ -400,10 +402,8 @@ class TcpTransport:
         host, port = _host_port(url)
         if port == 0:
             raise InvalidURL(str(url), "cannot connect to port 0")
-        try:
+        with map_errors({OSError: ConnectError}, f"cannot connect to {url.render()}"):
             sock = socket.create_connection((host, port), timeout=timeout)
-        except OSError as exc:
-            raise ConnectError(f"cannot connect to {url.render()}: {exc}") from exc
         try:
             return TcpChannel(sock, settings, f"tcp server {host}:{port}", spin=spin_ns(url))
         except OSError as exc:
