@@ -25,6 +25,7 @@ from relay.codecs.json import JsonCodec
 from relay.core.config import Settings
 from relay.core.errors import (
     CodecError,
+    ConfigError,
     ConnectionLost,
     MessageTooLarge,
     ProtocolError,
@@ -35,9 +36,15 @@ from relay.core.errors import (
     remote_error_class,
 )
 from relay.core.messages import Envelope, Error, Request, Response
-from relay.core.plugins import codecs as registered_codecs
 from relay.core.plugins import get_codec, get_transport
-from relay.core.session import CAPABILITIES, ClientSession, ServerSession, State
+from relay.core.session import (
+    CAPABILITIES,
+    FALLBACK_CODEC,
+    ClientSession,
+    ServerSession,
+    State,
+    offered_codecs,
+)
 from relay.core.url import URL
 from relay.transports.base import Channel
 
@@ -47,7 +54,7 @@ __all__ = [
     "Pending",
     "answer_hello",
     "hang_up_error",
-    "relay_codecs",
+    "server_codecs",
     "remote_error",
     "serve_channel",
 ]
@@ -125,9 +132,8 @@ class ClientConnection:
             deadline = time.monotonic() + settings.connect_timeout
         try:
             preferred = get_codec(settings.codec)
-            # json is offered as a fallback: every peer (JavaScript, ...) speaks it
-            offered = (preferred.name,) if preferred.name == "json" else (preferred.name, "json")
-            session = ClientSession(offered, token=settings.token, role=role)
+            session = ClientSession(offered_codecs(preferred.name), token=settings.token,
+                                    role=role)
             channel.send(HANDSHAKE_CODEC.encode(session.hello()))
             remaining = max(deadline - time.monotonic(), 0.001)
             try:
@@ -138,7 +144,7 @@ class ClientConnection:
                     f"{settings.connect_timeout} s"
                 ) from None
             session.welcome(HANDSHAKE_CODEC.decode(frames))
-            codec = preferred if session.codec == preferred.name else get_codec("json")
+            codec = preferred if session.codec == preferred.name else get_codec(FALLBACK_CODEC)
             channel.set_receive_limit(settings.max_message_size)
         except BaseException:
             channel.close()
@@ -265,22 +271,17 @@ class Pending(NamedTuple):
 Handler = Callable[[Request], Response]
 
 
-def relay_codecs() -> list[str]:
-    """Names of the registered codecs a relay/1 server can negotiate.
+def server_codecs(settings: Settings) -> tuple[str, ...]:
+    """The codecs a relay/1 server with ``settings`` accepts (:func:`offered_codecs`).
 
-    Left out: peer protocols (``dm_env_rpc``, ``gymie``: they own the whole
-    connection and encode no relay/1 envelope) and codecs that cannot be loaded
-    here (a missing dependency).
+    Raises:
+        UnknownCodec: ``settings.codec`` is not registered or cannot be loaded.
+        ConfigError: ``settings.codec`` names a peer protocol (it runs its own server).
     """
-    names = []
-    for name in registered_codecs():
-        try:
-            codec = get_codec(name)
-        except RelayError:
-            continue
-        if getattr(codec, "serve", None) is None:
-            names.append(name)
-    return names
+    codec = get_codec(settings.codec)
+    if getattr(codec, "serve", None) is not None:
+        raise ConfigError(f"{settings.codec!r} is a peer protocol, not a relay/1 codec")
+    return offered_codecs(codec.name)
 
 
 def _unsendable(request_id: int, exc: RelayError) -> Envelope:
@@ -320,7 +321,7 @@ def serve_channel(
     client that breaks the protocol or sends undecodable frames gets an
     ``Error`` (when possible) and is hung up on; nothing escapes to the caller.
     """
-    session = ServerSession(relay_codecs(), token=settings.token, server="relay",
+    session = ServerSession(server_codecs(settings), token=settings.token, server="relay",
                             capabilities=capabilities)
     try:
         frames = channel.recv(settings.connect_timeout)

@@ -94,6 +94,22 @@ CAPABILITIES = ("render", "call", "wrappers")
 hosts vector instances adds ``batch``."""
 
 
+FALLBACK_CODEC = "json"
+"""The codec every relay/1 peer speaks (the handshake's own; JavaScript clients use it)."""
+
+
+def offered_codecs(codec: str) -> tuple[str, ...]:
+    """The codecs a side whose ``codec`` setting is ``codec`` speaks, preferred first:
+    its own, then :data:`FALLBACK_CODEC`.
+
+    Both roles offer this: the client sends it in ``Hello.codecs``, the server
+    accepts only these, and the codec used is the first of the client's that
+    the server accepts.  So a server set to ``json`` refuses a client that
+    speaks only ``msgpack``, and a client set to ``json`` gets ``json``.
+    """
+    return (codec,) if codec == FALLBACK_CODEC else (codec, FALLBACK_CODEC)
+
+
 def _major(protocol: str) -> str:
     return protocol.split(".", 1)[0]
 
@@ -273,8 +289,8 @@ class ServerSession:
         else:
             chosen = next((c for c in message.codecs if c in self.codecs), None)
             if chosen is None:
-                error = (f"none of the codecs {reprlib.repr(list(message.codecs))} is available "
-                         f"(server has {list(self.codecs)})")
+                error = (f"none of the codecs {reprlib.repr(list(message.codecs))} is accepted "
+                         f"(this server speaks {list(self.codecs)})")
             else:
                 self.codec = chosen
                 self.state = State.READY

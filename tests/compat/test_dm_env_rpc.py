@@ -863,12 +863,15 @@ def test_a_full_server_refuses_at_once_and_serves_again_when_a_client_leaves():
 
 
 def test_a_relay_server_does_not_negotiate_a_peer_protocol():
-    from relay.connection import HANDSHAKE_CODEC, relay_codecs
+    from relay.connection import HANDSHAKE_CODEC, server_codecs
+    from relay.core.config import Settings
     from relay.core.messages import Envelope, Hello, Welcome
     from relay.core.plugins import get_transport
     from relay.core.url import make_url
 
-    assert "dm_env_rpc" not in relay_codecs() and "msgpack" in relay_codecs()
+    assert server_codecs(Settings()) == ("msgpack", "json")
+    with pytest.raises(relay.ConfigError, match="peer protocol"):
+        server_codecs(Settings(codec="dm_env_rpc"))
     with relay.serve("CartPole-v1", "memory://no-peer-protocols") as srv:
         url = make_url(srv.address)
         settings = srv.settings
