@@ -16,6 +16,7 @@ import typing
 from relay.adapters.batch import RemoteBatchVectorEnv
 from relay.adapters.gymnasium import RemoteEnv, make, register_envs
 from relay.adapters.inverted import ListeningEnv, connect_env, listen_env
+from relay.adapters.launch import launch, launch_vec
 from relay.adapters.serving import serve
 from relay.adapters.vector import RemoteVectorEnv, make_vec
 from relay.core.config import Settings
@@ -27,6 +28,7 @@ from relay.core.errors import (
     EnvClosed,
     InvalidAction,
     InvalidURL,
+    LaunchError,
     MessageTooLarge,
     MissingDependency,
     NotAllowed,
@@ -61,6 +63,7 @@ __all__ = [
     "EnvClosed",
     "InvalidAction",
     "InvalidURL",
+    "LaunchError",
     "ListeningEnv",
     "MessageTooLarge",
     "MissingDependency",
@@ -86,6 +89,8 @@ __all__ = [
     "UnknownScheme",
     "connect_env",
     "hookimpl",
+    "launch",
+    "launch_vec",
     "listen_env",
     "make",
     "make_dm_env",

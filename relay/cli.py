@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -12,7 +11,7 @@ from typing import Any, NoReturn, cast
 import click
 
 from relay.core.errors import RelayError, RemoteError
-from relay.core.url import mask_secrets
+from relay.core.url import make_url, mask_secrets
 
 
 def _fail(exc: RelayError) -> NoReturn:
@@ -50,10 +49,77 @@ def main() -> None:
     """relay: Gymnasium and dm_env environments across processes, machines and languages."""
 
 
+def served_env(spec: str | None, env_kwargs: dict[str, Any]) -> Any:
+    """What ``relay serve SPEC`` serves, checked now rather than at the first ``Make``.
+
+    * ``module:name`` where ``module`` imports and has a callable ``name``: a
+      factory, called per ``Make`` as ``name(**{**env_kwargs, **make_kwargs})``
+      (no env id); it may return a Gymnasium env, a ``dm_env.Environment`` or a
+      ``gymnasium.vector.VectorEnv``;
+    * otherwise a Gymnasium id; ``module:EnvId`` imports ``module`` first (the
+      package that registers the id, as ``gymnasium.make`` does), e.g.
+      ``ale_py:ALE/Pong-v5``; ``env_kwargs`` go to ``gymnasium.make``;
+    * None: any registered id a client names.
+
+    Raises:
+        ConfigError: the module does not import, or the id is not registered.
+    """
+    import importlib
+
+    import gymnasium as gym
+
+    from relay.core.errors import ConfigError
+    from relay.server import gymnasium_factory
+
+    if spec is None:
+        if env_kwargs:
+            raise ConfigError("--env-kwargs needs an env id or factory to apply to")
+        return None
+    module_name, colon, name = spec.partition(":")
+    if colon:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(f"{spec!r}: cannot import {module_name!r}: {exc}") from exc
+        target = getattr(module, name, None)
+        if callable(target):
+            def factory(env_id: str | None, **kwargs: Any) -> Any:
+                if env_id not in (None, spec):
+                    raise ConfigError(f"this server serves {spec!r} only, not {env_id!r}")
+                return target(**{**env_kwargs, **kwargs})
+
+            return factory
+    try:
+        gym.spec(name if colon else spec)
+    except gym.error.Error as exc:
+        raise ConfigError(f"{spec!r} is not a registered Gymnasium env id"
+                          f"{' nor a callable of ' + repr(module_name) if colon else ''}: "
+                          f"{exc}") from exc
+    if not env_kwargs:
+        return spec
+    make = gymnasium_factory(spec)
+    return lambda env_id, **kwargs: make(env_id, **{**env_kwargs, **kwargs})
+
+
+def _write_ready_file(path: str, address: str) -> None:
+    """Write ``address`` and a newline to ``path`` atomically (a reader never
+    sees half a line)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".relay-ready-")
+    with os.fdopen(fd, "w") as file:
+        file.write(address + "\n")
+    os.replace(tmp, path)
+
+
 @main.command()
-@click.argument("env_id", required=False)
+@click.argument("env_id", required=False, metavar="[ENV_ID | MODULE:ENV_ID | MODULE:FACTORY]")
 @click.option("--url", default="zmq+tcp://127.0.0.1:5555", show_default=True,
               help="Where to listen (port 0 picks a free port; the real URL is printed).")
+@click.option("--env-kwargs", default=None, metavar="JSON",
+              help="Keyword arguments (a JSON object) for the factory or gymnasium.make; "
+                   "a client's Make kwargs override them.")
+@click.option("--ready-file", default=None, type=click.Path(dir_okay=False),
+              help="Once listening, write the address and a newline to this file.")
 @click.option("--codec", default=None, help="Codec or peer wire format (msgpack, json, ...).")
 @click.option("--token", default=None, envvar="RELAY_TOKEN",
               help="Shared secret clients must send.")
@@ -71,25 +137,44 @@ def main() -> None:
                    "gymnasium.wrappers always may, but RecordVideo and HumanRendering).")
 @click.option("--grace", "shutdown_grace", type=click.FloatRange(min=0), default=None,
               help="Seconds clients get to finish when the server stops (default 5).")
-def serve(env_id: str | None, url: str, codec: str | None, token: str | None,
+def serve(env_id: str | None, url: str, env_kwargs: str | None, ready_file: str | None,
+          codec: str | None, token: str | None,
           num_envs: int | None, workers: int | None, allow_calls: tuple[str, ...],
           allow_set: tuple[str, ...], allow_wrappers: tuple[str, ...],
           shutdown_grace: float | None) -> None:
-    """Serve ENV_ID (any registered Gymnasium id if omitted) until SIGTERM or Ctrl-C.
+    """Serve ENV_ID until SIGTERM or Ctrl-C: a Gymnasium id (MODULE:ENV_ID imports
+    MODULE first, e.g. ale_py:ALE/Pong-v5), a callable MODULE:FACTORY (a callable
+    attribute wins over an id), or, if omitted, any registered id.
 
-    Stopping is graceful: clients are told the server closes, their envs are
-    closed, socket files removed, and the exit status is 0.
+    Prints the address on stdout (one line) once listening.  Stopping is
+    graceful: clients are told the server closes, their envs are closed, socket
+    files removed, and the exit status is 0.
     """
+    import json
+
     import relay
 
     try:
-        server = relay.serve(env_id, url, codec=codec, token=token, num_envs=num_envs,
+        kwargs = json.loads(env_kwargs) if env_kwargs else {}
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--env-kwargs") from None
+    if not isinstance(kwargs, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--env-kwargs")
+    try:
+        env = served_env(env_id, kwargs)
+        server = relay.serve(env, url, codec=codec, token=token, num_envs=num_envs,
                              workers=workers, allow_calls=allow_calls,
                              allow_set=allow_set, allow_wrappers=allow_wrappers,
                              shutdown_grace=shutdown_grace)
     except RelayError as exc:
         _fail(exc)
-    click.echo(f"relay: serving {env_id or 'any env'} on {server.address}", err=True)
+    address = make_url(server.address)
+    click.echo(f"relay: serving {env_id or 'any env'} on {address.render()}", err=True)
+    public = str(address.with_options(token=None, password=None))  # secrets stay off stdout
+    if ready_file is not None:  # first: who sees the stdout line finds the file too
+        _write_ready_file(ready_file, public)
+    click.echo(public)
+    sys.stdout.flush()
     sys.stderr.flush()
     try:
         server.serve_forever()  # until SIGTERM or Ctrl-C: then a graceful shutdown
@@ -100,14 +185,19 @@ def serve(env_id: str | None, url: str, codec: str | None, token: str | None,
 
 def _run(url: str, env_id: str | None, episodes: int, seed: int | None,
          codec: str | None, env_kwargs: dict[str, Any]) -> None:
-    from tqdm import tqdm
-
     import relay
 
     try:
         env = relay.make(url, env_id, codec=codec, **env_kwargs)
     except RelayError as exc:
         _fail(exc)
+    _drive(env, url, episodes, seed)
+
+
+def _drive(env: Any, url: str, episodes: int, seed: int | None) -> None:
+    """Step ``env`` with random actions for ``episodes`` episodes, then close it."""
+    from tqdm import tqdm
+
     steps = 0
     start = time.perf_counter()
     try:
@@ -149,24 +239,18 @@ def run(url: str, env_id: str | None, episodes: int, seed: int, codec: str | Non
 @click.option("--url", default=None, help="Default: zmq+ipc in a temporary directory.")
 @click.option("--episodes", default=5, show_default=True, type=int)
 def demo(env_id: str, url: str | None, episodes: int) -> None:
-    """Serve ENV in a background process and drive it from this one."""
+    """Serve ENV in a background process (relay.launch) and drive it from this one."""
+    import relay
+
     with tempfile.TemporaryDirectory(prefix="relay-demo-") as tmp:
-        url = url or f"zmq+ipc://{tmp}/relay.sock"
-        server = subprocess.Popen(
-            [sys.executable, "-m", "relay", "serve", env_id, "--url", url],
-            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
         try:
-            assert server.stderr is not None
-            line = server.stderr.readline()
-            if "serving" not in line:
-                raise click.ClickException(f"server did not start: {line}{server.stderr.read()}")
-            address = line.rsplit(" on ", 1)[1].strip()
-            click.echo(f"server process {server.pid}: {line.strip()}")
-            _run(address, None, episodes, 0, None, {})
-        finally:
-            server.terminate()
-            server.wait(10)
+            env = relay.launch(env_id, url=url or f"zmq+ipc://{tmp}/relay.sock")
+        except RelayError as exc:
+            _fail(exc)
+        (process,) = env.server_processes
+        address = env.url.render()
+        click.echo(f"server process {process.pid}: serving {env_id} on {address}")
+        _drive(env, address, episodes, 0)
 
 
 @main.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)

@@ -57,6 +57,7 @@ __all__ = [
     "EnvClosed",
     "InvalidAction",
     "InvalidURL",
+    "LaunchError",
     "LocalProtocolError",
     "MessageTooLarge",
     "MissingDependency",
@@ -187,6 +188,20 @@ class MessageTooLarge(TransportError):
         )
         self.size = size
         self.limit = limit
+
+
+class LaunchError(RelayError):
+    """A launched server process failed to start: it exited, or did not tell its
+    address in time, or connecting to it failed (the cause is chained).
+
+    ``stderr_tail`` holds the last lines the process wrote to stderr (also at the
+    end of the message)."""
+
+    def __init__(self, message: str, stderr_tail: str = "") -> None:
+        if stderr_tail:
+            message = f"{message}\n--- last lines of the server's stderr ---\n{stderr_tail}"
+        super().__init__(message)
+        self.stderr_tail = stderr_tail
 
 
 class CodecError(RelayError):

@@ -425,6 +425,52 @@ def test_dm_control_cartpole_for_a_stock_client():
             stock.close()
 
 
+class Screen(gym.Env):
+    """A ``height`` x ``width`` picture; ``level`` is its pixel value (dm_alchemy's
+    connect code creates a world with settings, then joins it with width and height)."""
+
+    MADE: list[dict[str, Any]] = []
+
+    def __init__(self, level: int = 0, width: int = 2, height: int = 2) -> None:
+        Screen.MADE.append({"level": level, "width": width, "height": height})
+        self.observation_space = gs.Box(0, 255, (height, width), np.uint8)
+        self.action_space = gs.Discrete(2)
+        self._frame = np.full((height, width), level, np.uint8)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self._frame, {}
+
+    def step(self, action):
+        return self._frame, 1.0, True, False, {}
+
+
+def test_join_world_settings_reach_the_factory():
+    with relay.serve(lambda env_id, **kwargs: Screen(**kwargs),
+                     "grpc://127.0.0.1:0?codec=dm_env_rpc") as srv:
+        stock = _connect(srv)
+        try:
+            env, world = dm_env_adaptor.create_and_join_world(
+                stock, {"level": 7}, {"width": 4, "height": 3})
+            assert Screen.MADE[-1] == {"level": 7, "width": 4, "height": 3}
+            assert env.observation_spec()["observation"].shape == (3, 4)
+            timestep = env.reset()
+            np.testing.assert_array_equal(timestep.observation["observation"],
+                                          np.full((3, 4), 7, np.uint8))
+            assert env.step({"action": 1}).last()
+            env.close()  # leaves the world; joining again without settings: CreateWorld's only
+            env = dm_env_adaptor.join_world(stock, world, {})
+            assert Screen.MADE[-1] == {"level": 7, "width": 2, "height": 2}
+            assert env.reset().observation["observation"].shape == (2, 2)
+            env.close()
+            with pytest.raises(error.DmEnvRpcError, match="no_such_setting"):
+                dm_env_adaptor.join_world(stock, world, {"no_such_setting": 1})
+            with pytest.raises(error.DmEnvRpcError, match="belongs to CreateWorld"):
+                dm_env_adaptor.join_world(stock, world, {"env_id": "CartPole-v1"})
+        finally:
+            stock.close()
+
+
 def test_relay_dm_env_client_over_dm_env_rpc(dm_server):
     env = relay.make_dm_env(dm_server.address, "catch/0")
     local = _bsuite(seed=4)

@@ -23,11 +23,18 @@ request             what happens
 ==================  =============================================================
 CreateWorld         ``Make``: setting ``env_id`` (string) picks the env when the
                     server serves several, ``seed`` (int) seeds the first
-                    reset, every other setting is a ``gymnasium.make`` kwarg
-                    (``a.b`` names nest).  Answers a unique ``world_name``.
-JoinWorld           joins a world created on this stream (no join settings);
-                    answers the specs: observation tensors (see
-                    :mod:`.tensors`) plus a scalar DOUBLE ``reward``
+                    reset, every other setting is a keyword argument of the
+                    factory (``gymnasium.make`` for an id; ``a.b`` names
+                    nest).  Answers a unique ``world_name``.
+JoinWorld           joins a world created on this stream.  Its settings are
+                    factory keyword arguments too: when they differ from
+                    those the world's env was made with, the env is made
+                    again with CreateWorld's settings updated by them (the
+                    old one is closed; the next Step starts an episode), so
+                    ``width``/``height`` at join time reach the env; ``env_id``
+                    is CreateWorld's only.  Answers the specs of the joined
+                    env: observation tensors (see :mod:`.tensors`) plus a
+                    scalar DOUBLE ``reward``
 ResetWorld / Reset  ``Reset`` now; settings ``seed`` (int) and any others as
                     ``options``; the next Step returns its observation
 Step                from a non-RUNNING state: starts the next episode, actions
@@ -116,13 +123,23 @@ class _Episode(enum.Enum):
 
 
 @dataclass(eq=False)
-class _World:
-    name: str
+class _Made:
+    """A world's env and its tensor layouts."""
+
     instance: int
     observations: Layout
     actions: Layout
     reward_uid: int
     specs: pb.ActionObservationSpecs
+
+
+@dataclass(eq=False)
+class _World:
+    name: str
+    env_id: str | None
+    kwargs: dict[str, Any]  # CreateWorld's settings but env_id and seed
+    join: dict[str, Any]  # the settings of the JoinWorld that made ``env``
+    env: _Made
     seed: int | None  # for the first reset only
     episode: _Episode = _Episode.NEEDS_RESET
     fresh: Any = None  # observation of the last reset
@@ -221,9 +238,19 @@ class StreamSession:
                         f"got {env_id!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise _Fail(code_pb2.INVALID_ARGUMENT, f"setting 'seed' must be an int, got {seed!r}")
-        made = self._host.handle(Make(env_id=env_id, kwargs=settings))
+        name = self._names.new()
+        try:
+            self._worlds[name] = _World(name, env_id, settings, {},
+                                        self._make(env_id, settings, "CreateWorld"), seed)
+        except BaseException:
+            self._names.drop(name)
+            raise
+        response.world_name = name
+
+    def _make(self, env_id: str | None, kwargs: dict[str, Any], doing: str) -> _Made:
+        made = self._host.handle(Make(env_id=env_id, kwargs=kwargs))
         if isinstance(made, Error):
-            raise _failed(made, "CreateWorld", code_pb2.INVALID_ARGUMENT)
+            raise _failed(made, doing, code_pb2.INVALID_ARGUMENT)
         assert isinstance(made, Made)
         try:
             observations = Layout(spaces.build(made.observation_space), "observation")
@@ -233,7 +260,7 @@ class StreamSession:
         except CodecError as exc:
             self._host.handle(Close(instance=made.instance))
             raise _Fail(code_pb2.INVALID_ARGUMENT,
-                        f"CreateWorld: the env's spaces cannot travel as dm_env_rpc tensors: "
+                        f"{doing}: the env's spaces cannot travel as dm_env_rpc tensors: "
                         f"{exc}") from exc
         reward_uid = max(observations.by_uid, default=0) + 1
         specs = pb.ActionObservationSpecs()
@@ -243,11 +270,7 @@ class StreamSession:
             specs.observations[uid].CopyFrom(spec)
         specs.observations[reward_uid].CopyFrom(
             pb.TensorSpec(name=REWARD, dtype=pb.DataType.DOUBLE))
-        name = self._names.new()
-        self._worlds[name] = _World(name=name, instance=made.instance,
-                                    observations=observations, actions=actions,
-                                    reward_uid=reward_uid, specs=specs, seed=seed)
-        response.world_name = name
+        return _Made(made.instance, observations, actions, reward_uid, specs)
 
     def _world(self, name: str) -> _World:
         world = self._worlds.get(name)
@@ -266,13 +289,18 @@ class StreamSession:
             raise _Fail(code_pb2.FAILED_PRECONDITION,
                         f"already joined to world {self._joined.name!r}; leave it first")
         world = self._world(request.world_name)
-        if request.settings:
-            raise _Fail(code_pb2.INVALID_ARGUMENT, "JoinWorld takes no settings on this server, "
-                        f"got {sorted(request.settings)}")
+        join = self._settings(request.settings, "JoinWorld")
+        if "env_id" in join:
+            raise _Fail(code_pb2.INVALID_ARGUMENT,
+                        "JoinWorld: setting 'env_id' belongs to CreateWorld")
+        if join != world.join:  # the env is made again with these settings
+            made = self._make(world.env_id, {**world.kwargs, **join}, "JoinWorld")
+            self._host.handle(Close(instance=world.env.instance))
+            world.env, world.join, world.episode = made, join, _Episode.NEEDS_RESET
         if world.episode is _Episode.RUNNING:
             world.episode = _Episode.NEEDS_RESET
         self._joined = world
-        response.specs.CopyFrom(world.specs)
+        response.specs.CopyFrom(world.env.specs)
 
     def _destroy(self, request: pb.DestroyWorldRequest) -> None:
         world = self._world(request.world_name)
@@ -281,7 +309,7 @@ class StreamSession:
                         f"cannot destroy world {world.name!r} while joined to it; leave it first")
         del self._worlds[world.name]
         self._names.drop(world.name)
-        self._host.handle(Close(instance=world.instance))
+        self._host.handle(Close(instance=world.env.instance))
 
     # -- episodes ------------------------------------------------------------------------
 
@@ -297,7 +325,7 @@ class StreamSession:
             raise _Fail(code_pb2.INVALID_ARGUMENT, f"setting 'seed' must be an int, got {seed!r}")
         if seed is None:
             seed, world.seed = world.seed, None
-        answer = self._host.handle(Reset(instance=world.instance, seed=seed,
+        answer = self._host.handle(Reset(instance=world.env.instance, seed=seed,
                                          options=settings or None))
         if isinstance(answer, Error):
             raise _failed(answer, doing)
@@ -316,7 +344,7 @@ class StreamSession:
     def _reset(self, request: pb.ResetRequest, response: pb.ResetResponse) -> None:
         world = self._joined_world("Reset")
         self._do_reset(world, self._settings(request.settings, "Reset"), "Reset")
-        response.specs.CopyFrom(world.specs)
+        response.specs.CopyFrom(world.env.specs)
 
     def _reset_world(self, request: pb.ResetWorldRequest) -> None:
         world = self._world(request.world_name)
@@ -326,9 +354,9 @@ class StreamSession:
         world = self._joined_world("Step")
         requested = list(dict.fromkeys(request.requested_observations))
         for uid in requested:
-            if uid not in world.observations.by_uid and uid != world.reward_uid:
+            if uid not in world.env.observations.by_uid and uid != world.env.reward_uid:
                 raise _Fail(code_pb2.INVALID_ARGUMENT, f"unknown observation uid {uid} "
-                            f"(known: {sorted(world.specs.observations)})")
+                            f"(known: {sorted(world.env.specs.observations)})")
         reward = 0.0
         state = _RUNNING
         if world.episode is _Episode.NEEDS_RESET:
@@ -338,7 +366,7 @@ class StreamSession:
             world.episode = _Episode.RUNNING
         else:
             action = self._action(world, request.actions)
-            answer = self._host.handle(Step(instance=world.instance, action=action))
+            answer = self._host.handle(Step(instance=world.env.instance, action=action))
             if isinstance(answer, Error):
                 raise _failed(answer, "Step")
             assert isinstance(answer, Transition)
@@ -350,29 +378,29 @@ class StreamSession:
             if state != _RUNNING:
                 world.episode = _Episode.NEEDS_RESET
         response.state = state
-        wanted = [uid for uid in requested if uid != world.reward_uid]
+        wanted = [uid for uid in requested if uid != world.env.reward_uid]
         if wanted:
             try:
-                world.observations.pack_into(response.observations,
-                                             world.observations.flatten(obs), wanted)
+                world.env.observations.pack_into(response.observations,
+                                             world.env.observations.flatten(obs), wanted)
             except (CodecError, KeyError, IndexError, TypeError, ValueError) as exc:
                 raise _Fail(code_pb2.INTERNAL, f"Step: the observation does not match "
                             f"its space: {exc}") from exc
-        if world.reward_uid in requested:
-            response.observations[world.reward_uid].doubles.array.append(reward)
+        if world.env.reward_uid in requested:
+            response.observations[world.env.reward_uid].doubles.array.append(reward)
 
     def _action(self, world: _World, tensors: Any) -> Any:
         values = {}
         try:
             for uid, tensor in tensors.items():
-                values[uid] = world.actions.unpack_leaf(uid, tensor, check=True)
+                values[uid] = world.env.actions.unpack_leaf(uid, tensor, check=True)
         except TensorError as exc:
             raise _Fail(code_pb2.INVALID_ARGUMENT, f"Step: bad action: {exc}") from exc
-        missing = [leaf.name for leaf in world.actions.leaves if leaf.uid not in values]
+        missing = [leaf.name for leaf in world.env.actions.leaves if leaf.uid not in values]
         if missing:
             raise _Fail(code_pb2.INVALID_ARGUMENT,
                         f"Step: actions {missing} are required in every running step")
-        return world.actions.assemble(values)
+        return world.env.actions.assemble(values)
 
     def close(self) -> None:
         """The stream ended: close its environments and forget its worlds."""
