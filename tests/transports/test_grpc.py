@@ -31,7 +31,7 @@ from relay.core.errors import (
 from relay.core.plugins import get_transport
 from relay.core.url import make_url
 from relay.testing import TransportCompliance, check_env_as_local
-from relay.transports import grpc as grpc_transport
+from relay.transports.grpc import _internals as grpc_internals
 from relay.transports.grpc import pack, unpack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,7 +79,7 @@ class TestGrpcPortable(TransportCompliance):
 
     @pytest.fixture(autouse=True)
     def _portable(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(grpc_transport, "_INTERNALS", False)
+        monkeypatch.setattr(grpc_internals, "_INTERNALS", False)
 
 
 class TestGrpcSendThread(TransportCompliance):
@@ -91,14 +91,14 @@ class TestGrpcSendThread(TransportCompliance):
 
     @pytest.fixture(autouse=True)
     def _send_thread(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(grpc_transport._ResponseSender, "usable", staticmethod(lambda _: False))
+        monkeypatch.setattr(grpc_internals._ResponseSender, "usable", staticmethod(lambda _: False))
 
 
 @pytest.mark.parametrize("internals", [True, False])
 @pytest.mark.parametrize("closing", ["client", "server"])
 def test_close_from_another_thread_ends_a_waiting_recv(
         monkeypatch: pytest.MonkeyPatch, internals: bool, closing: str) -> None:
-    monkeypatch.setattr(grpc_transport, "_INTERNALS", internals)
+    monkeypatch.setattr(grpc_internals, "_INTERNALS", internals)
     transport = get_transport("grpc")
     listener = transport.listen(make_url("grpc://127.0.0.1:0"), Settings())
     try:
@@ -169,9 +169,9 @@ def test_sends_do_not_wait_for_a_peer_that_is_not_reading(
     """Messages beyond gRPC's flow-control window queue up in order; close ends the
     stream after them."""
     if path == "portable":
-        monkeypatch.setattr(grpc_transport, "_INTERNALS", False)
+        monkeypatch.setattr(grpc_internals, "_INTERNALS", False)
     elif path == "send thread":
-        monkeypatch.setattr(grpc_transport._ResponseSender, "usable", staticmethod(lambda _: False))
+        monkeypatch.setattr(grpc_internals._ResponseSender, "usable", staticmethod(lambda _: False))
     settings = Settings(max_message_size=16 << 20)
     transport = get_transport("grpc")
     listener = transport.listen(make_url("grpc://127.0.0.1:0"), settings)
