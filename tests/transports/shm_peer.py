@@ -95,10 +95,10 @@ def main(argv: list[str]) -> None:
         print("sent", flush=True)
         time.sleep(60)
     elif mode == "pending":
-        from relay.transports import shm
+        from relay.transports.shm import _names
 
-        seg_name, mapping = shm._create_segment(8192)
-        sem_name, sem = shm._create_semaphore()
+        seg_name, mapping = _names._create_segment(8192)
+        sem_name, sem = _names._create_semaphore()
         try:
             print(seg_name, sem_name, flush=True)
             time.sleep(60)

@@ -26,7 +26,8 @@ from relay.core.errors import ConnectionLost, InvalidURL, RemoteEnvError
 from relay.core.plugins import get_transport
 from relay.core.url import URL, make_url
 from relay.testing import TransportCompliance, check_env_as_local
-from relay.transports.shm import _TABLE, _W_SEQ, _W_ZERO, ShmChannel, socket_path, sweep_orphans
+from relay.transports.shm import ShmChannel, socket_path, sweep_orphans
+from relay.transports.shm._ring import _TABLE, _W_SEQ, _W_ZERO
 
 pytestmark = pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs /dev/shm")
 
@@ -77,9 +78,9 @@ class TestShmWithoutTimedWait(TransportCompliance):
 
     @pytest.fixture(autouse=True)
     def no_timed_wait(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from relay.transports import shm
+        from relay.transports.shm import _channel
 
-        monkeypatch.setattr(shm, "_SEM_TIMEOUT", False)
+        monkeypatch.setattr(_channel, "_SEM_TIMEOUT", False)
 
 
 class TestShmWeakOrder(TransportCompliance):
@@ -91,9 +92,10 @@ class TestShmWeakOrder(TransportCompliance):
 
     @pytest.fixture(autouse=True)
     def weak_order(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from relay.transports import shm
+        from relay.transports.shm import _channel, _rendezvous
 
-        monkeypatch.setattr(shm, "_STRONG_ORDER", False)
+        monkeypatch.setattr(_channel, "_STRONG_ORDER", False)  # the channel's waits and posts
+        monkeypatch.setattr(_rendezvous, "_STRONG_ORDER", False)  # the spin option
 
 
 # ---------------------------------------------------------------------------
@@ -318,7 +320,8 @@ import time
 from relay.core.config import Settings
 from relay.core.url import make_url
 from relay.transports import shm
-shm.SLICE = 60.0  # a lost wake-up would hang, not cost 50 ms
+from relay.transports.shm import _channel
+_channel.SLICE = 60.0  # a lost wake-up would hang, not cost 50 ms
 channel = shm.ShmTransport().connect(make_url(sys.argv[1]), Settings(), timeout=10.0)
 rng = random.Random(0)
 while True:
@@ -337,9 +340,9 @@ def test_no_wake_up_is_lost_between_processes(spin: int, monkeypatch: pytest.Mon
     Slices of 60 s: a sleeping reader that missed its post would time out.  With a
     3 µs spin the reader keeps going to sleep just as the answer arrives: the race.
     """
-    from relay.transports import shm
+    from relay.transports.shm import _channel
 
-    monkeypatch.setattr(shm, "SLICE", 60.0)
+    monkeypatch.setattr(_channel, "SLICE", 60.0)
     listener = get_transport("shm").listen(make_url(f"shm://0?spin={spin}"), Settings())
     proc = subprocess.Popen([sys.executable, "-c", ECHO,
                              listener.address.render() + f"?spin={spin}"])
