@@ -92,10 +92,10 @@ class TestShmWeakOrder(TransportCompliance):
 
     @pytest.fixture(autouse=True)
     def weak_order(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from relay.transports.shm import _channel, _rendezvous
+        from relay.transports.shm import _channel, _rendezvous, _send
 
-        monkeypatch.setattr(_channel, "_STRONG_ORDER", False)  # the channel's waits and posts
-        monkeypatch.setattr(_rendezvous, "_STRONG_ORDER", False)  # the spin option
+        for module in (_send, _channel, _rendezvous):  # posts, waits, the spin option
+            monkeypatch.setattr(module, "_STRONG_ORDER", False)
 
 
 # ---------------------------------------------------------------------------

@@ -1,39 +1,30 @@
-""":class:`ShmChannel`: one end of an ``shm://`` connection, sending into its ring and
-receiving from the peer's (see the package docstring for the layout and the wake-up).
+""":class:`ShmChannel`: one end of an ``shm://`` connection; its receiving half is
+here, its sending half in ``_send`` (see the package docstring for the layout and
+the wake-up).
 """
 
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
-import socket
 import struct
-import threading
 import time
-from collections import deque
-from collections.abc import Sequence
 
 import posix_ipc
 
 from relay.codecs.base import Buffer
-from relay.core.config import Settings
 from relay.core.errors import (
     ConnectionLost,
-    MessageTooLarge,
     Timeout,
-    TransportError,
 )
-from relay.transports.base import HANDSHAKE_LIMIT, over_limit
-from relay.transports.shm._names import _create_segment, _forget, _open_segment
+from relay.transports.base import over_limit
+from relay.transports.shm._names import _open_segment
 from relay.transports.shm._ring import (
-    _R_CLOSED,
     _R_SEQ,
     _R_WAIT,
     _SLOT0,
     _STRONG_ORDER,
     _TABLE,
-    _W_ACK,
     _W_CLOSED,
     _W_SEQ,
     _W_TIME,
@@ -44,12 +35,10 @@ from relay.transports.shm._ring import (
     KIND_MESSAGE,
     POOL_MIN,
     SLOTS,
-    _align,
-    _BufferPool,
-    _frame_view,
     _max_segment,
     _Segment,
 )
+from relay.transports.shm._send import _Sender
 
 # The spin budget is relay's common one (``?spin=``, default 250 µs,
 # relay.transports.base.DEFAULT_SPIN_US): it must cover the peer's whole turn
@@ -68,283 +57,11 @@ _monotonic_ns = time.monotonic_ns
 _sched_yield = os.sched_yield
 
 
-class ShmChannel:
+class ShmChannel(_Sender):
     """One end of an ``shm://`` connection (see the module docstring for the layout).
 
     Use from one thread at a time (``close`` may come from any thread).
     """
-
-    def __init__(self, sock: socket.socket, out_map: mmap.mmap, in_map: mmap.mmap,
-                 out_sem: posix_ipc.Semaphore, in_sem: posix_ipc.Semaphore,
-                 settings: Settings, *, spin: int, own_names: Sequence[str] = ()) -> None:
-        self._sock = sock
-        self._out = out = _Segment(out_map)
-        self._in = inn = _Segment(in_map)
-        # the hot path's views of the current segments (see _use_out, _use_in)
-        self._octl, self._oview, self._oend = out.ctl, out.view, HEADER + out.capacity
-        self._ictl, self._iview, self._iend = inn.ctl, inn.view, HEADER + inn.capacity
-        self._out_sem = out_sem
-        self._in_sem = in_sem
-        self._limit = settings.max_message_size
-        self._receive_limit = HANDSHAKE_LIMIT
-        self._send_timeout = settings.timeout
-        self._zero_copy = settings.zero_copy
-        self._spin = spin
-        self._own_names = list(own_names)
-        self._wseq = 0
-        self._inflight: deque[tuple[int, int, int]] = deque()  # (seq, start, end)
-        self._rseq = 0
-        self._sent = 0  # records published, all segments (grow records too)
-        self._fast: tuple[int, int] | None = None  # (seq, end): see send
-        self._acks_base = 0  # records released from earlier input segments (for ``wack``)
-        self._unreleased = False
-        self._closed = False
-        self._released = False
-        self._active = 0  # send/recv calls in progress (close may come from another thread)
-        self._lost: str | None = None
-        self._drain = False  # lost, but the peer's published records may be received
-        fence = threading.Lock()  # this channel's memory fence, see _wake
-        self._fence_acquire = fence.acquire
-        self._fence_release = fence.release
-        self._typical = spin // 2  # running typical wait for a message, ns
-        self._pool = _BufferPool()
-
-    def _use_out(self, seg: _Segment) -> None:
-        """Make ``seg`` the output segment (its views cached for the hot path)."""
-        self._out = seg
-        self._octl, self._oview, self._oend = seg.ctl, seg.view, HEADER + seg.capacity
-
-    def _use_in(self, seg: _Segment) -> None:
-        """Make ``seg`` the input segment (its views cached for the hot path)."""
-        self._in = seg
-        self._ictl, self._iview, self._iend = seg.ctl, seg.view, HEADER + seg.capacity
-
-    # -- sending ----------------------------------------------------------
-
-    def send(self, frames: Sequence[Buffer]) -> None:
-        """Copy ``frames`` into the ring and wake the peer.
-
-        Raises:
-            MessageTooLarge: over ``settings.max_message_size`` (nothing sent).
-            ConnectionLost: the channel or the peer is closed.
-            Timeout: the peer has not released ring space within ``settings.timeout``.
-        """
-        if self._closed or self._lost is not None:
-            self._check_usable()
-        # The fast path is not counted in ``_active``: it makes no call that
-        # releases the GIL, so a concurrent close() can only come between two
-        # steps, and then the next one fails (a released memoryview raises
-        # ValueError, a closed semaphore ExistentialError).
-        try:
-            ctl = self._octl
-            wseq = self._wseq
-            if ((self._ictl[_W_ACK] >= self._sent or ctl[_R_SEQ] >= wseq)
-                    and not ctl[_R_CLOSED]):
-                # The reader has released the whole ring (request/answer traffic
-                # always; its answer said so in ``wack``, a cache line we have just
-                # read): the record goes at offset 0, written in one pass.  A frame
-                # past the ring's end falls back to _send_any.
-                pos = HEADER + ((8 * (1 + len(frames)) + 15) & -16)
-                end = self._oend
-                view = self._oview
-                w = _TABLE
-                for frame in frames:
-                    if isinstance(frame, (bytes, bytearray)):
-                        n = len(frame)
-                    elif (isinstance(frame, memoryview) and frame.format == "B"
-                          and frame.c_contiguous):
-                        n = frame.nbytes
-                    else:
-                        frame = _frame_view(frame)
-                        n = frame.nbytes
-                    stop = pos + n
-                    if stop > end:
-                        break
-                    w += 1
-                    ctl[w] = n
-                    view[pos:stop] = frame
-                    pos = (stop + ALIGN - 1) & -ALIGN
-                else:
-                    if pos - HEADER > self._limit:  # the record is; the frames may not be
-                        total = sum(ctl[_TABLE + 1:w + 1])
-                        if total > self._limit:  # never published (nor the ring grown)
-                            raise MessageTooLarge(total, self._limit)
-                    ctl[_TABLE] = w - _TABLE
-                    # Publish (as _publish, inlined: this is the hot path), with no
-                    # slot: ``wzero`` says the record is at offset 0, in the cache
-                    # line of ``wseq``, which the reader reads anyway.
-                    ctl[_W_ZERO] = wseq + 1
-                    ctl[_W_SEQ] = wseq + 1  # the store that makes the record visible
-                    # Bookkeeping after it, off the peer's critical path (a late
-                    # ``wack`` only sends the peer to ``rseq``).  It is the only
-                    # record in flight: _fast stands for _inflight until _send_any.
-                    ctl[_W_ACK] = self._acks_base + self._rseq - self._unreleased
-                    self._wseq = wseq + 1
-                    self._sent += 1
-                    self._fast = (wseq, pos - HEADER)
-                    if _STRONG_ORDER:  # post only to a reader that sleeps (see _wake)
-                        self._fence_acquire()
-                        self._fence_release()
-                        if not ctl[_R_WAIT]:
-                            return
-                    ctl[_W_TIME] = _monotonic_ns()
-                    self._out_sem.release()
-                    return
-            self._active += 1
-            try:
-                self._send_any(frames)
-            finally:
-                self._active -= 1
-                if self._closed and not self._active:
-                    self._release()
-        except ValueError:  # a view released by a concurrent close()
-            if self._closed:
-                raise ConnectionLost("the shm channel was closed") from None
-            raise
-        except TransportError:  # ours (ConnectionLost is an OSError too): as it is
-            raise
-        except (posix_ipc.Error, OSError) as exc:
-            if self._closed:
-                raise ConnectionLost("the shm channel was closed") from None
-            raise self._lose(f"cannot wake the shm peer: {exc}") from exc
-
-    def _send_any(self, frames: Sequence[Buffer]) -> None:
-        """``send`` when the ring is not empty, the message needs growth or is too large."""
-        inflight = self._inflight
-        if self._fast is not None:  # the record the fast path left in flight
-            inflight.clear()
-            inflight.append((self._fast[0], 0, self._fast[1]))
-            self._fast = None
-        views: list[Buffer] = []
-        sizes: list[int] = []
-        size = 0
-        count = len(frames)
-        record = (8 * (1 + count) + 15) & -16  # the frame table, then frame 0
-        for frame in frames:
-            if isinstance(frame, (bytes, bytearray)):
-                n = len(frame)
-            elif (isinstance(frame, memoryview) and frame.format == "B"
-                  and frame.c_contiguous):
-                n = frame.nbytes
-            else:
-                frame = _frame_view(frame)
-                n = frame.nbytes
-            views.append(frame)
-            sizes.append(n)
-            size += n
-            record = (record + n + ALIGN - 1) & -ALIGN
-        if size > self._limit:
-            raise MessageTooLarge(size, self._limit)
-        if self._out.ctl[_R_CLOSED]:
-            raise self._peer_closed()
-        if record > self._out.capacity:
-            self._grow(record)
-        out = self._out
-        ctl = out.ctl
-        if inflight and ctl[_R_SEQ] >= self._wseq:
-            inflight.clear()  # the reader has released everything: start at 0
-        start = self._place(record) if inflight else 0
-        w = (HEADER + start) >> 3
-        ctl[w] = count
-        pos = HEADER + start + ((8 * (1 + count) + 15) & -16)
-        view = out.view
-        for i in range(count):
-            n = sizes[i]
-            ctl[w + 1 + i] = n
-            view[pos:pos + n] = views[i]
-            pos = (pos + n + ALIGN - 1) & -ALIGN
-        self._publish(start, record, KIND_MESSAGE)
-
-    def _publish(self, start: int, record: int, kind: int) -> None:
-        ctl = self._out.ctl
-        slot = _SLOT0 + 4 * (self._wseq % SLOTS)
-        ctl[slot] = start
-        ctl[slot + 1] = record
-        ctl[slot + 2] = kind
-        self._inflight.append((self._wseq, start, start + record))
-        self._sent += 1
-        ctl[_W_ACK] = self._acks_base + self._rseq - self._unreleased
-        self._wseq += 1
-        ctl[_W_SEQ] = self._wseq  # the store that makes the record visible
-        self._wake(ctl)
-
-    def _wake(self, ctl: memoryview) -> None:
-        """Post the reader's semaphore after a publication, if it may be asleep.
-
-        On x86 only a reader that has raised its ``rwait`` word sleeps; the
-        flag is read after a full fence (the locked instructions of a
-        ``threading.Lock``), as the reader reads ``wseq`` again after a fence
-        once it has raised the flag: one of the two sees the other's store
-        (Dekker), so a sleeping reader is always posted.  Elsewhere every
-        publication is posted (the reader always waits on the semaphore).
-        """
-        if _STRONG_ORDER:
-            self._fence_acquire()
-            self._fence_release()
-            if not ctl[_R_WAIT]:
-                return
-        ctl[_W_TIME] = _monotonic_ns()  # for the reader's _learn
-        self._out_sem.release()
-
-    def _place(self, record: int) -> int:
-        """Offset in the data area where ``record`` bytes fit now (waits for space)."""
-        delay = 0.0
-        deadline: float | None = None
-        while True:
-            released = self._out.ctl[_R_SEQ]
-            inflight = self._inflight
-            while inflight and inflight[0][0] < released:
-                inflight.popleft()
-            cap = self._out.capacity
-            if not inflight:
-                return 0
-            if self._wseq - released < SLOTS:
-                first, last = inflight[0][1], inflight[-1][2]
-                if last > first:  # one run [first, last): room after it, or before it
-                    if cap - last >= record:
-                        return last
-                    if first >= record:
-                        return 0
-                elif first - last >= record:  # wrapped: the gap [last, first)
-                    return last
-            if deadline is None:
-                deadline = time.monotonic() + self._send_timeout
-            delay = self._wait_for_reader(deadline, delay)
-
-    def _wait_for_reader(self, deadline: float, delay: float) -> float:
-        """Back off while the reader frees ring space; check for peer death."""
-        if self._out.ctl[_R_CLOSED]:
-            raise self._peer_closed()
-        now = time.monotonic()
-        if now >= deadline:
-            raise Timeout(f"the shm peer released no ring space within {self._send_timeout} s")
-        if delay == 0.0:
-            os.sched_yield()
-            return 1e-5
-        self._check_peer_alive()
-        time.sleep(min(delay, max(deadline - now, 0.0)))
-        return min(delay * 2, 0.005)
-
-    def _grow(self, record: int) -> None:
-        """Move the writer to a new segment big enough for ``record`` bytes."""
-        capacity = max(2 * self._out.capacity, _align(record))
-        name, mapping = _create_segment(HEADER + capacity)
-        self._own_names.append(name)
-        payload = name.encode()
-        words = struct.pack("<2Q", HEADER + capacity, len(payload)) + payload
-        grow_record = _align(len(words))
-        try:
-            start = self._place(grow_record)
-        except BaseException:
-            mapping.close()
-            _forget(name, unlink=True)
-            raise
-        self._out.view[HEADER + start:HEADER + start + len(words)] = words
-        self._publish(start, grow_record, KIND_GROW)
-        self._out.close()
-        self._use_out(_Segment(mapping))
-        self._wseq = 0
-        self._inflight.clear()
 
     # -- receiving --------------------------------------------------------
 
@@ -589,83 +306,3 @@ class ShmChannel:
         self._use_in(new)
         self._rseq = 0
         return new
-
-    # -- state ------------------------------------------------------------
-
-    def set_receive_limit(self, nbytes: int) -> None:
-        """Receive messages of up to ``nbytes`` bytes from now on (``HANDSHAKE_LIMIT``
-        until then)."""
-        self._receive_limit = nbytes
-
-    def _check_usable(self) -> None:
-        if self._closed:
-            raise ConnectionLost("the shm channel is closed")
-        if self._lost is not None:
-            raise ConnectionLost(self._lost)
-
-    def _check_peer_alive(self) -> None:
-        """Raise ConnectionLost if the rendezvous socket shows EOF or an error."""
-        try:
-            data = self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return
-        except (OSError, ValueError) as exc:
-            raise self._lose(f"the shm peer went away: {exc}") from exc
-        if not data:
-            raise self._lose("the shm peer went away (its socket closed)")
-
-    def _lose(self, reason: str) -> ConnectionLost:
-        self._lost = reason
-        return ConnectionLost(reason)
-
-    def _peer_closed(self) -> ConnectionLost:
-        """``_lose`` for a send that found the peer closed: the records it
-        published before (its last answer, an ``Error``) can still be received."""
-        self._drain = True
-        return self._lose("the peer closed the shm channel")
-
-    def close(self) -> None:
-        """Tell the peer, release the mappings, semaphores and socket; idempotent.
-
-        From another thread while a ``send``/``recv`` runs, that call raises
-        ``ConnectionLost`` promptly and the resources are released when it
-        returns (never under its feet).
-        """
-        if self._closed:
-            return
-        self._closed = True
-        with contextlib.suppress(ValueError, IndexError, TypeError):
-            self._out.ctl[_W_CLOSED] = 1
-            self._in.ctl[_R_CLOSED] = 1
-        for sem in (self._out_sem, self._in_sem):  # wake the peer, and our own waiter
-            with contextlib.suppress(posix_ipc.Error, OSError):
-                sem.release()
-        for name in self._own_names:
-            _forget(name, unlink=True)
-        if not self._active:
-            self._release()
-
-    def _release(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        for sem in (self._out_sem, self._in_sem):
-            with contextlib.suppress(posix_ipc.Error, OSError):
-                sem.close()
-        with contextlib.suppress(OSError):
-            self._sock.close()
-        for seg in (self._out, self._in):
-            seg.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            if not self._closed:
-                self.close()
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "lost" if self._lost else "open"
-        return f"<ShmChannel {state} out={self._out.capacity} in={self._in.capacity}>"
-
-
-# ---------------------------------------------------------------------------
-# Handshake helpers.
