@@ -487,7 +487,7 @@ def _raw_zmq_case(kind: str) -> Callable[[Sequence[Payload], int], CaseResult]:
                     request, _ = payload.wire_frames()
                     sock = ctx.socket(zmq.DEALER)
                     sock.linger = 0
-                    sock.copy_threshold = ZERO_COPY_MIN  # the same socket use as zmq.py
+                    sock.copy_threshold = ZERO_COPY_MIN  # as relay.transports.zmq
                     sock.connect(address)
                     try:
                         sock.send_multipart([b"payload", payload.name.encode()])
