@@ -463,9 +463,9 @@ def test_server_over_wss_with_a_token(tmp_path: Path, caplog: pytest.LogCaptureF
     from relay.testing import make_certificate
 
     certfile, keyfile = make_certificate(tmp_path)
-    url = f"wss://127.0.0.1:0/gym?codec=gymie&certfile={certfile}&keyfile={keyfile}"
+    url = f"wss://127.0.0.1:0/gym?codec=gymie&cert={certfile}&key={keyfile}"
     with relay.serve("CartPole-v1", url, token="s3cret") as server:
-        assert "certfile" not in server.address.query
+        assert "cert" not in server.address.query and "key" not in server.address.query
         context = ssl.create_default_context(cafile=str(certfile))
         target = plain(server.address)
         with pytest.raises(InvalidStatus) as refused:
@@ -475,7 +475,7 @@ def test_server_over_wss_with_a_token(tmp_path: Path, caplog: pytest.LogCaptureF
                      additional_headers={"Authorization": "Bearer s3cret"}) as ws:
             ws.send(json.dumps({"method": "make", "params": {"env_id": "CartPole-v1"}}))
             assert len(ws.recv(timeout=30)) == 32
-        env = relay.make(f"{server.address}&cafile={certfile}", "CartPole-v1", token="s3cret")
+        env = relay.make(f"{server.address}&ca={certfile}", "CartPole-v1", token="s3cret")
         try:
             assert run_episode(env, seed=1)[0] > 0
         finally:

@@ -54,6 +54,7 @@ from relay.core.messages import (
     Transition,
 )
 from relay.core.url import URL
+from relay.transports.options import option
 from relay.transports.ws import token_safe_logger
 
 log = logging.getLogger("relay.compat.gymie")
@@ -103,7 +104,8 @@ class GymieClientConnection:
 
         No keepalive pings (Gymie's eventlet server cannot answer them while an
         env step runs) and no compression.  ``wss://`` trusts the system's CAs
-        or ``?cafile=PEM``; ``settings.token`` goes in ``Authorization: Bearer``.
+        or ``?ca=PEM`` (the ws transport's TLS options); ``settings.token`` goes
+        in ``Authorization: Bearer``.
 
         Raises:
             ConfigError: another scheme.  ConnectError: nobody listens, TLS
@@ -121,7 +123,7 @@ class GymieClientConnection:
             options["legacy"] = True
         if url.scheme == "wss":
             try:
-                options["ssl"] = ssl.create_default_context(cafile=url.query.get("cafile"))
+                options["ssl"] = ssl.create_default_context(cafile=option(url, "ca"))
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"cannot load the CA file: {exc}") from exc
         headers = {}

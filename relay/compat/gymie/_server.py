@@ -24,6 +24,7 @@ from relay.core.errors import (
 from relay.core.url import URL
 from relay.server import ThreadedServer
 from relay.transports.base import readable, spin_ns, spin_until
+from relay.transports.options import ALIASES, TLS_OPTIONS
 from relay.transports.ws import server_ssl_context, token_safe_logger
 
 log = logging.getLogger("relay.compat.gymie")
@@ -56,7 +57,7 @@ class GymieServer(ThreadedServer):
     -> 401.  No compression is negotiated (per-message deflate is what makes
     the real Gymie slow on frames) and no pings are sent (Gymie sends none).
     A message over ``settings.max_message_size`` closes the socket with 1009.
-    ``wss://`` needs ``?certfile=PEM[&keyfile=PEM]``, as the ws transport.
+    ``wss://`` needs ``?cert=PEM[&key=PEM]``, as the ws transport.
 
     Raises:
         ConfigError: not a ``ws``/``wss`` URL, or a bad certificate.
@@ -83,7 +84,8 @@ class GymieServer(ThreadedServer):
         self._socket.settimeout(IDLE_POLL)
         port = self._socket.getsockname()[1]
         netloc = f"[{host}]" if ":" in host else host
-        query = {k: v for k, v in url.query.items() if k not in ("certfile", "keyfile")}
+        query = {k: v for k, v in url.query.items()
+                 if k not in TLS_OPTIONS and k not in ALIASES}
         self.address: URL = url.set(address=f"{netloc}:{port}{self._path}", query=query)
         self.start()
 
