@@ -821,13 +821,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=str(DEFAULT_OUT),
                         help="directory for the CSV and Markdown results ('' for none; "
                         "default: %(default)s)")
+    parser.add_argument("--plot", default="",
+                        help="also draw the results as a PNG chart at this path (needs matplotlib)")
+    parser.add_argument("--from", dest="from_csv", default="",
+                        help="with --plot: draw a saved bench-<time>.csv instead of running")
     args = parser.parse_args(argv)
+    if args.from_csv:
+        if not args.plot:
+            parser.error("--from needs --plot")
+        from relay_bench.plot import load_csv, plot
+
+        print(f"wrote {plot(load_csv(Path(args.from_csv)), Path(args.plot))}", file=sys.stderr)
+        return 0
     return bench(steps=args.steps, only=args.only, payloads=args.payloads, out=args.out,
-                 rounds=args.rounds)
+                 rounds=args.rounds, plot_to=args.plot)
 
 
-def bench(*, steps: int, only: str, payloads: str, out: str, rounds: int = 1) -> int:
-    """Run and report (the body of :func:`main`); returns an exit code."""
+def bench(*, steps: int, only: str, payloads: str, out: str, rounds: int = 1,
+          plot_to: str = "") -> int:
+    """Run and report (the body of :func:`main`); returns an exit code.
+
+    ``plot_to``: also draw the results as a PNG there (:mod:`relay_bench.plot`)."""
     chosen = [p.strip().upper() for p in payloads.split(",") if p.strip()]
     unknown = [p for p in chosen if p not in PAYLOADS]
     if unknown or not chosen:
@@ -842,6 +856,10 @@ def bench(*, steps: int, only: str, payloads: str, out: str, rounds: int = 1) ->
     print(f"{time.monotonic() - start:.0f} s", file=sys.stderr)
     if paths:
         print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
+    if plot_to:
+        from relay_bench.plot import plot
+
+        print(f"wrote {plot(results, Path(plot_to), title=f'{steps} steps')}", file=sys.stderr)
     return 0
 
 
